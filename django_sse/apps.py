@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.db.models.signals import post_save
+from django.utils.translation import gettext_lazy as _
+
+
+class DjangoSseConfig(AppConfig):
+    name = "django_sse"
+    verbose_name = _("Job progress (SSE)")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django_sse import checks  # noqa: F401  (registers the checks)
+        from django_sse.models import JobEvent
+        from django_sse.signals import push_event_on_commit
+
+        post_save.connect(
+            push_event_on_commit, sender=JobEvent, dispatch_uid="django_sse.push_event_on_commit"
+        )

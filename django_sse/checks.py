@@ -1,0 +1,176 @@
+"""System checks, registered in ``DjangoSseConfig.ready()``. Every ID is documented in README.rst."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from django_sse.conf import DEFAULTS
+
+_NUMBERS = {
+    "HEARTBEAT_SECONDS": (float, int),
+    "POLL_SECONDS": (float, int),
+    "PROGRESS_INTERVAL_SECONDS": (float, int),
+    "RETRY_MILLISECONDS": (int,),
+    "MAX_DATA_BYTES": (int,),
+    "REPLAY_PAGE_SIZE": (int,),
+}
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    value = getattr(settings, "DJANGO_SSE", {})
+    if not isinstance(value, dict):
+        return [
+            Error(
+                f"DJANGO_SSE must be a dict, not {type(value).__name__}.",
+                hint="Set DJANGO_SSE = {...} with the keys listed in django_sse's README.",
+                id="django_sse.E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key in sorted(set(value) - set(DEFAULTS)):
+        errors.append(
+            Error(
+                f"DJANGO_SSE has an unknown key {key!r}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                id="django_sse.E001",
+            )
+        )
+    for key, types in _NUMBERS.items():
+        if key not in value:
+            continue
+        item = value[key]
+        if isinstance(item, bool) or not isinstance(item, types) or item <= 0:
+            errors.append(
+                Error(
+                    f"DJANGO_SSE[{key!r}] must be a positive number, not {item!r}.",
+                    hint=f"Defaults to {DEFAULTS[key]!r}.",
+                    id="django_sse.E001",
+                )
+            )
+    for key in ("CHANNEL_LAYER", "GROUP_PREFIX"):
+        if key in value and (not isinstance(value[key], str) or not value[key]):
+            errors.append(
+                Error(
+                    f"DJANGO_SSE[{key!r}] must be a non-empty string, not {value[key]!r}.",
+                    hint=f"Defaults to {DEFAULTS[key]!r}.",
+                    id="django_sse.E001",
+                )
+            )
+    authorize = value.get("AUTHORIZE")
+    if authorize is not None:
+        try:
+            func = import_string(authorize) if isinstance(authorize, str) else authorize
+        except ImportError as exc:
+            func = None
+            reason = str(exc)
+        else:
+            reason = "it is not callable"
+        if not callable(func):
+            errors.append(
+                Error(
+                    f"DJANGO_SSE['AUTHORIZE'] cannot be used: {reason}.",
+                    hint="Give a callable (request, job) -> bool, or its dotted path.",
+                    id="django_sse.E002",
+                )
+            )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_channel_layer(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    from django_sse.conf import conf
+
+    layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
+    if conf.CHANNEL_LAYER not in layers:
+        return [
+            Warning(
+                f"No channel layer {conf.CHANNEL_LAYER!r} is configured in CHANNEL_LAYERS.",
+                hint=(
+                    "Streams then learn of new events only by polling the database every "
+                    "POLL_SECONDS. Add CHANNEL_LAYERS = {'default': {'BACKEND': "
+                    "'channels.layers.InMemoryChannelLayer'}} for one process, or "
+                    "channels_redis for several."
+                ),
+                id="django_sse.W001",
+            )
+        ]
+    return []
+
+
+@register(Tags.compatibility)
+def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    middleware = list(getattr(settings, "MIDDLEWARE", []) or [])
+    errors: list[CheckMessage] = []
+    session = "django.contrib.sessions.middleware.SessionMiddleware"
+    auth = "django.contrib.auth.middleware.AuthenticationMiddleware"
+    if not any(_is_subclass(path, session) for path in middleware):
+        errors.append(
+            Error(
+                "django_sse needs SessionMiddleware: streams are authorized by session.",
+                hint=f"Add {session!r} to MIDDLEWARE.",
+                id="django_sse.E003",
+            )
+        )
+    if not any(_is_subclass(path, auth) for path in middleware):
+        errors.append(
+            Error(
+                "django_sse needs AuthenticationMiddleware to tell a job's owner.",
+                hint=f"Add {auth!r} to MIDDLEWARE, after SessionMiddleware.",
+                id="django_sse.E004",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_daphne(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    apps = list(settings.INSTALLED_APPS)
+    messages: list[CheckMessage] = []
+    if "daphne" not in apps:
+        messages.append(
+            Warning(
+                "'daphne' is not in INSTALLED_APPS, so runserver serves WSGI and cannot stream.",
+                hint="Add 'daphne' at the top of INSTALLED_APPS and set ASGI_APPLICATION.",
+                id="django_sse.W002",
+            )
+        )
+    elif "django.contrib.staticfiles" in apps and apps.index("daphne") > apps.index(
+        "django.contrib.staticfiles"
+    ):
+        messages.append(
+            Warning(
+                "'daphne' comes after 'django.contrib.staticfiles' in INSTALLED_APPS, so "
+                "staticfiles' runserver wins and streams do not work under runserver.",
+                hint="Move 'daphne' above 'django.contrib.staticfiles'.",
+                id="django_sse.W003",
+            )
+        )
+    if not getattr(settings, "ASGI_APPLICATION", None):
+        messages.append(
+            Warning(
+                "ASGI_APPLICATION is not set.",
+                hint="Set ASGI_APPLICATION = 'yourproject.asgi.application'.",
+                id="django_sse.W004",
+            )
+        )
+    return messages
+
+
+def _is_subclass(path: str, base_path: str) -> bool:
+    if path == base_path:
+        return True
+    try:
+        cls = import_string(path)
+        base = import_string(base_path)
+    except ImportError:
+        return False
+    return isinstance(cls, type) and issubclass(cls, base)

@@ -1,0 +1,97 @@
+"""Settings for django_sse, read from the ``DJANGO_SSE`` dict on every access.
+
+Every default is written once, in ``DEFAULTS``. Values are looked up each time a property is
+read, so ``override_settings(DJANGO_SSE={...})`` works in tests without any cache to clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+    from django_sse.models import Job
+
+    AuthorizeCallable = Callable[[HttpRequest, Job], bool]
+
+DEFAULTS: dict[str, Any] = {
+    # Seconds between two ": ping" comment lines on an idle stream; the session is re-checked
+    # at the same pace.
+    "HEARTBEAT_SECONDS": 15.0,
+    # The reconnection delay sent to EventSource in the "retry:" field, in milliseconds.
+    "RETRY_MILLISECONDS": 3000,
+    # Seconds between two database checks for events the channel layer did not bring (an event
+    # published from another process on the in-memory layer, a dropped layer message).
+    "POLL_SECONDS": 1.0,
+    # Largest accepted event payload, counted in bytes of encoded JSON.
+    "MAX_DATA_BYTES": 64 * 1024,
+    # Progress updates of one job closer together than this are coalesced (in seconds).
+    "PROGRESS_INTERVAL_SECONDS": 0.25,
+    # Events read from the database per query when a stream replays history.
+    "REPLAY_PAGE_SIZE": 500,
+    # Optional callable (or dotted path to one) "(request, job) -> bool" that grants access to
+    # a job's stream beyond its owner, e.g. to staff.
+    "AUTHORIZE": None,
+    # The alias in CHANNEL_LAYERS that carries events between processes.
+    "CHANNEL_LAYER": "default",
+    # Prefix of the channel-layer group names, one group per job.
+    "GROUP_PREFIX": "django_sse",
+}
+
+
+class Settings:
+    """Typed, always-fresh view of ``settings.DJANGO_SSE``."""
+
+    def _raw(self) -> dict[str, Any]:
+        value = getattr(settings, "DJANGO_SSE", {})
+        return value if isinstance(value, dict) else {}
+
+    def _get(self, name: str) -> Any:
+        return self._raw().get(name, DEFAULTS[name])
+
+    @property
+    def HEARTBEAT_SECONDS(self) -> float:
+        return float(self._get("HEARTBEAT_SECONDS"))
+
+    @property
+    def RETRY_MILLISECONDS(self) -> int:
+        return int(self._get("RETRY_MILLISECONDS"))
+
+    @property
+    def POLL_SECONDS(self) -> float:
+        return float(self._get("POLL_SECONDS"))
+
+    @property
+    def MAX_DATA_BYTES(self) -> int:
+        return int(self._get("MAX_DATA_BYTES"))
+
+    @property
+    def PROGRESS_INTERVAL_SECONDS(self) -> float:
+        return float(self._get("PROGRESS_INTERVAL_SECONDS"))
+
+    @property
+    def REPLAY_PAGE_SIZE(self) -> int:
+        return int(self._get("REPLAY_PAGE_SIZE"))
+
+    @property
+    def AUTHORIZE(self) -> AuthorizeCallable | None:
+        value = self._get("AUTHORIZE")
+        if isinstance(value, str):
+            value = import_string(value)
+        return cast("AuthorizeCallable | None", value)
+
+    @property
+    def CHANNEL_LAYER(self) -> str:
+        return str(self._get("CHANNEL_LAYER"))
+
+    @property
+    def GROUP_PREFIX(self) -> str:
+        return str(self._get("GROUP_PREFIX"))
+
+
+conf = Settings()

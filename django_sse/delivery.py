@@ -1,0 +1,143 @@
+"""Pushing committed events to the channel layer.
+
+``push_event`` runs in ``transaction.on_commit`` callbacks, so in a sync thread: a view, a task
+worker, a management command or a plain thread. It never raises: the event is already recorded,
+and open streams find anything the layer did not bring in the database (``POLL_SECONDS``).
+
+- In-memory layer: it is not thread-safe and only reaches this process, so the send is handed
+  to the event loop of each stream hub running here (a naive ``async_to_sync(group_send)`` from
+  a plain thread arrived seconds late). With no hub in this process nobody could receive it.
+- Other layers (Redis): sends go through one long-lived background event loop per process, in
+  order, reusing the layer's connections instead of opening a loop and a connection per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+
+from django_sse.conf import conf
+from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
+from django_sse.validation import dump_data
+
+if TYPE_CHECKING:
+    from django_sse.models import JobEvent
+
+logger = logging.getLogger("django_sse")
+
+
+def get_layer() -> BaseChannelLayer | None:
+    try:
+        return get_channel_layer(conf.CHANNEL_LAYER)  # type: ignore[no-any-return]
+    except Exception:
+        logger.exception("The channel layer %r cannot be loaded.", conf.CHANNEL_LAYER)
+        return None
+
+
+def event_message(event: JobEvent) -> dict[str, Any]:
+    return {
+        "type": EVENT_MESSAGE_TYPE,
+        "job": event.job_id.hex,
+        "seq": event.seq,
+        "event": event.type,
+        "data": dump_data(event.data),
+    }
+
+
+def push_event(event: JobEvent) -> None:
+    """Send one committed event to its job's group. Logs failures, never raises."""
+    try:
+        layer = get_layer()
+        if layer is None:
+            return
+        group = job_group(event.job_id)
+        message = event_message(event)
+        if isinstance(layer, InMemoryChannelLayer):
+            from django_sse.hub import running_hub_loops
+
+            for loop in running_hub_loops():
+                asyncio.run_coroutine_threadsafe(_send(layer, group, message), loop)
+        else:
+            publisher.submit(layer, group, message)
+    except Exception:
+        logger.exception("Could not push event #%s of job %s.", event.seq, event.job_id)
+
+
+async def _send(layer: BaseChannelLayer, group: str, message: dict[str, Any]) -> None:
+    try:
+        await layer.group_send(group, message)
+    except Exception as exc:
+        logger.warning(
+            "Could not push event #%s of job %s to the channel layer (%r); open streams will "
+            "read it from the database.",
+            message["seq"],
+            message["job"],
+            exc,
+        )
+
+
+class Publisher:
+    """One background event loop per process that sends layer messages in order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[BaseChannelLayer, str, dict[str, Any]]] | None = None
+        self._pid: int | None = None
+        self._unfinished = 0
+
+    def submit(self, layer: BaseChannelLayer, group: str, message: dict[str, Any]) -> None:
+        loop, queue = self._ensure_running()
+        with self._idle:
+            self._unfinished += 1
+        loop.call_soon_threadsafe(queue.put_nowait, (layer, group, message))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every submitted message was sent (or failed); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def _ensure_running(
+        self,
+    ) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue[tuple[BaseChannelLayer, str, dict[str, Any]]]]:
+        with self._lock:
+            # A forked worker (Celery prefork) inherits the object but not the thread.
+            if self._loop is None or self._queue is None or self._pid != os.getpid():
+                ready = threading.Event()
+                loop = asyncio.new_event_loop()
+                self._loop, self._pid, self._unfinished = loop, os.getpid(), 0
+                thread = threading.Thread(
+                    target=self._run, args=(loop, ready), name="django_sse-publisher", daemon=True
+                )
+                thread.start()
+                ready.wait()
+            assert self._queue is not None
+            return self._loop, self._queue
+
+    def _run(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+
+        async def main() -> None:
+            self._queue = asyncio.Queue()
+            ready.set()
+            while True:
+                layer, group, message = await self._queue.get()
+                try:
+                    await _send(layer, group, message)
+                finally:
+                    with self._idle:
+                        self._unfinished -= 1
+                        self._idle.notify_all()
+
+        loop.run_until_complete(main())
+
+
+publisher = Publisher()
+atexit.register(publisher.flush, 5.0)

@@ -1,0 +1,360 @@
+"""The per-process hub: one channel-layer subscription per job, shared by every local stream.
+
+A server process runs one hub per event loop. The hub owns one layer channel, adds it to the
+group of each job that has at least one open stream here, and runs one ``receive()`` loop that is
+never cancelled while it runs (cancelling a pending receive loses messages on Redis layers). Each
+event is encoded to bytes once and handed to every local subscriber of its job.
+
+Layers drop messages (a full channel, a Redis outage) and the in-memory layer never sees events
+from other processes, so the hub keeps, per job, the highest ``seq`` it has dispatched: a message
+that skips ahead makes it read the missing events from the database first, and a database check
+every ``POLL_SECONDS`` finds events no message announced. Subscribers thus get every event of a
+job in order, exactly once, whatever the layer did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+from channels.layers import BaseChannelLayer
+
+from django_sse.conf import conf
+from django_sse.database import run_in_db_thread
+from django_sse.delivery import get_layer
+from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
+from django_sse.queries import StoredEvent, fetch_events, last_seq, last_seqs
+from django_sse.sse import encode_event
+from django_sse.validation import TERMINAL_TYPES
+
+logger = logging.getLogger("django_sse")
+
+# Group membership expires on the layers (a day by default): refresh it well before.
+GROUP_REFRESH_SECONDS = 600.0
+# Waits between two attempts to receive from a failing layer.
+RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Subscriber:
+    """One open stream's inbox: ``(seq, encoded event, is_terminal)`` items, in order."""
+
+    __slots__ = ("items", "job_id", "wakeup")
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        self.job_id = job_id
+        self.items: deque[tuple[int, bytes, bool]] = deque()
+        self.wakeup = asyncio.Event()
+
+    def deliver(self, item: tuple[int, bytes, bool]) -> None:
+        self.items.append(item)
+        self.wakeup.set()
+
+
+class _Feed:
+    """Local state of one job: its subscribers and the newest ``seq`` dispatched to them."""
+
+    __slots__ = ("busy", "held", "ready", "seq", "subscribers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.subscribers: set[Subscriber] = set()
+        self.seq: int | None = None  # None until the baseline is read
+        self.held: list[StoredEvent] = []  # arrived while the baseline or a backfill was pending
+        self.busy = False  # a backfill is running
+        self.ready: asyncio.Future[None] = loop.create_future()
+
+
+def _encode(event: StoredEvent) -> tuple[int, bytes, bool]:
+    return (
+        event.seq,
+        encode_event(event.data, event=event.type, id=event.seq),
+        event.type in TERMINAL_TYPES,
+    )
+
+
+class Hub:
+    """Receives every event of the jobs streamed in this process and fans them out."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.feeds: dict[uuid.UUID, _Feed] = {}
+        self.closed = False
+        self._layer: BaseChannelLayer | None = get_layer()
+        self._channel: str | None = None
+        self._group_lock = asyncio.Lock()
+        self._regroup_needed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._receiver: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    async def subscribe(self, job_id: uuid.UUID) -> Subscriber:
+        """Start receiving ``job_id``'s events. Every event committed after this returns is
+        delivered; anything older is in the database for the caller's replay."""
+        self._start()
+        subscriber = Subscriber(job_id)
+        feed = self.feeds.get(job_id)
+        if feed is None:
+            feed = _Feed(self.loop)
+            self.feeds[job_id] = feed
+            feed.subscribers.add(subscriber)
+            try:
+                await self._group_add(job_id)
+                # Read after joining the group: anything newer arrives as a message or is found
+                # by the poll, anything older is in the database.
+                feed.seq = await run_in_db_thread(last_seq, job_id)
+            except BaseException as exc:
+                self._drop_feed(job_id, feed)
+                feed.ready.set_exception(exc)
+                feed.ready.exception()  # mark retrieved: waiting subscribers re-raise it
+                raise
+            feed.ready.set_result(None)
+            self._release_held(job_id, feed)
+        else:
+            feed.subscribers.add(subscriber)
+            try:
+                await asyncio.shield(feed.ready)
+            except BaseException:
+                feed.subscribers.discard(subscriber)
+                raise
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Stop delivering to ``subscriber``; leaves the job's group when it was the last one."""
+        feed = self.feeds.get(subscriber.job_id)
+        if feed is None:
+            return
+        feed.subscribers.discard(subscriber)
+        if not feed.subscribers and feed.ready.done():
+            self._drop_feed(subscriber.job_id, feed)
+
+    def _drop_feed(self, job_id: uuid.UUID, feed: _Feed) -> None:
+        if self.feeds.get(job_id) is feed:
+            del self.feeds[job_id]
+            if self._layer is not None and self._channel is not None and not self.closed:
+                self._spawn(self._group_discard(job_id))
+
+    # -- incoming events -------------------------------------------------------------------
+
+    def on_message(self, message: dict[str, Any]) -> None:
+        """A layer message for one of our groups."""
+        try:
+            job_id = uuid.UUID(hex=message["job"])
+            event = StoredEvent(int(message["seq"]), str(message["event"]), str(message["data"]))
+        except (KeyError, TypeError, ValueError):
+            logger.warning("Ignored a malformed channel-layer message: %r", message)
+            return
+        feed = self.feeds.get(job_id)
+        if feed is not None:
+            self._offer(job_id, feed, [event])
+
+    def _offer(self, job_id: uuid.UUID, feed: _Feed, events: Iterable[StoredEvent]) -> None:
+        if feed.seq is None or feed.busy:
+            feed.held.extend(events)
+            return
+        ordered = sorted(events)
+        for index, event in enumerate(ordered):
+            if event.seq <= feed.seq:
+                continue  # already dispatched
+            if event.seq > feed.seq + 1:
+                # Something in between was dropped: read it from the database first.
+                feed.held.extend(ordered[index:])
+                self._start_backfill(job_id, feed, upto=event.seq)
+                return
+            self._dispatch(feed, event)
+
+    def _dispatch(self, feed: _Feed, event: StoredEvent) -> None:
+        item = _encode(event)
+        for subscriber in feed.subscribers:
+            subscriber.deliver(item)
+        feed.seq = event.seq
+
+    def _release_held(self, job_id: uuid.UUID, feed: _Feed) -> None:
+        held, feed.held = feed.held, []
+        if held:
+            self._offer(job_id, feed, held)
+
+    def _start_backfill(self, job_id: uuid.UUID, feed: _Feed, upto: int) -> None:
+        feed.busy = True
+        self._spawn(self._backfill(job_id, feed, upto))
+
+    async def _backfill(self, job_id: uuid.UUID, feed: _Feed, upto: int) -> None:
+        ok = False
+        try:
+            while feed.seq is not None and feed.seq < upto and self.feeds.get(job_id) is feed:
+                events = await run_in_db_thread(
+                    fetch_events, job_id, feed.seq, upto=upto, limit=conf.REPLAY_PAGE_SIZE
+                )
+                if not events:
+                    break
+                for event in events:
+                    if event.seq == feed.seq + 1:
+                        self._dispatch(feed, event)
+            ok = True
+        except Exception as exc:
+            logger.warning("Could not read events of job %s from the database: %r", job_id, exc)
+        finally:
+            feed.busy = False
+        # After a failure the held events wait for the next poll rather than retrying at once.
+        if ok:
+            self._release_held(job_id, feed)
+
+    # -- background tasks ------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        # A fresh context: hub tasks must not inherit the request's thread-sensitive context
+        # (they outlive the request that created them).
+        task = contextvars.Context().run(self.loop.create_task, coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _start(self) -> None:
+        if self._poller is None:
+            self._poller = self._spawn(self._poll_loop())
+
+    async def _ensure_channel(self) -> str | None:
+        if self._layer is None:
+            return None
+        if self._channel is None:
+            self._channel = await self._layer.new_channel(prefix="django_sse")
+            self._receiver = self._spawn(self._receive_loop())
+        return self._channel
+
+    async def _group_add(self, job_id: uuid.UUID) -> None:
+        async with self._group_lock:
+            try:
+                channel = await self._ensure_channel()
+                if channel is not None and self._layer is not None:
+                    await self._layer.group_add(job_group(job_id), channel)
+            except Exception as exc:
+                # Streams still get every event, through the database poll.
+                self._regroup_needed = True
+                logger.warning("Could not join the group of job %s: %r", job_id, exc)
+
+    async def _group_discard(self, job_id: uuid.UUID) -> None:
+        async with self._group_lock:
+            if job_id in self.feeds or self._channel is None or self._layer is None:
+                return  # subscribed again meanwhile
+            try:
+                await self._layer.group_discard(job_group(job_id), self._channel)
+            except Exception as exc:
+                logger.warning("Could not leave the group of job %s: %r", job_id, exc)
+
+    async def _regroup(self) -> None:
+        """Join the group of every job again (after a layer outage, and periodically)."""
+        self._regroup_needed = False
+        for job_id in list(self.feeds):
+            await self._group_add(job_id)
+
+    async def _receive_loop(self) -> None:
+        assert self._layer is not None and self._channel is not None
+        failures = 0
+        while True:
+            if self._regroup_needed:
+                await self._regroup()
+            try:
+                message = await self._layer.receive(self._channel)
+            except Exception as exc:
+                if failures == 0:
+                    logger.warning(
+                        "Receiving from the channel layer failed (%r); retrying, and reading "
+                        "events from the database meanwhile.",
+                        exc,
+                    )
+                delay = RETRY_DELAYS_SECONDS[min(failures, len(RETRY_DELAYS_SECONDS) - 1)]
+                failures += 1
+                self._regroup_needed = True
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                logger.info("Receiving from the channel layer works again.")
+                failures = 0
+            if message.get("type") == EVENT_MESSAGE_TYPE:
+                self.on_message(message)
+
+    async def _poll_loop(self) -> None:
+        next_refresh = time.monotonic() + GROUP_REFRESH_SECONDS
+        failing = False
+        while True:
+            await asyncio.sleep(conf.POLL_SECONDS)
+            if not self.feeds:
+                continue
+            if self._receiver is not None and time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + GROUP_REFRESH_SECONDS
+                await self._regroup()
+            ready = {
+                job_id: feed
+                for job_id, feed in self.feeds.items()
+                if feed.seq is not None and not feed.busy
+            }
+            if not ready:
+                continue
+            try:
+                latest = await run_in_db_thread(last_seqs, list(ready))
+            except Exception as exc:
+                if not failing:
+                    logger.warning("Checking for new events in the database failed: %r", exc)
+                failing = True
+                continue
+            if failing:
+                logger.info("Checking for new events in the database works again.")
+                failing = False
+            for job_id, seq in latest.items():
+                feed = ready[job_id]
+                if self.feeds.get(job_id) is feed and feed.seq is not None and not feed.busy:
+                    if seq > feed.seq:
+                        self._start_backfill(job_id, feed, upto=seq)
+                    elif feed.held:
+                        self._release_held(job_id, feed)
+
+    async def aclose(self) -> None:
+        """Stop the hub's tasks and leave every group (used at shutdown and in tests)."""
+        self.closed = True
+        if _hubs.get(self.loop) is self:
+            del _hubs[self.loop]
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._layer is not None and self._channel is not None:
+            for job_id in list(self.feeds):
+                try:
+                    await self._layer.group_discard(job_group(job_id), self._channel)
+                except Exception as exc:
+                    logger.warning("Could not leave the group of job %s: %r", job_id, exc)
+        self.feeds.clear()
+
+
+_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+
+
+def get_hub() -> Hub:
+    """The hub of the running event loop, created on first use."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None or hub.closed:
+        hub = _hubs[loop] = Hub(loop)
+    return hub
+
+
+def running_hub_loops() -> list[asyncio.AbstractEventLoop]:
+    """Event loops of this process that run a hub (callable from any thread)."""
+    return [
+        loop
+        for loop, hub in list(_hubs.items())
+        if not hub.closed and not loop.is_closed() and loop.is_running()
+    ]
+
+
+async def close_hub() -> None:
+    """Close the running loop's hub, if any."""
+    hub = _hubs.get(asyncio.get_running_loop())
+    if hub is not None:
+        await hub.aclose()

@@ -1,0 +1,137 @@
+"""Jobs and their progress events. The database is the record; the channel layer is a fast path."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from django_sse import lifecycle
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    RUNNING = "running", _("Running")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobQuerySet(models.QuerySet["Job"]):
+    def create_for_request(self, request: HttpRequest, **fields: Any) -> Job:
+        """Create a job owned by the request's user or, for an anonymous visitor, by the
+        request's session (saved first if it has no key yet)."""
+        user = request.user
+        if user.is_authenticated:
+            return self.create(owner=user, **fields)
+        if request.session.session_key is None:
+            request.session.save()
+        return self.create(session_key=request.session.session_key or "", **fields)
+
+    async def acreate_for_request(self, request: HttpRequest, **fields: Any) -> Job:
+        """Async twin of :meth:`create_for_request`."""
+        user = await request.auser()
+        if user.is_authenticated:
+            return await self.acreate(owner=user, **fields)
+        if request.session.session_key is None:
+            await request.session.asave()
+        return await self.acreate(session_key=request.session.session_key or "", **fields)
+
+    def active(self) -> JobQuerySet:
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def finished(self) -> JobQuerySet:
+        return self.filter(status__in=FINISHED_STATUSES)
+
+
+class Job(lifecycle.JobLifecycleMixin, models.Model):
+    """A long-running piece of work whose progress is streamed to its owner."""
+
+    Status = JobStatus
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="sse_jobs",
+        verbose_name=_("owner"),
+    )
+    # Django session keys are at most 40 characters.
+    session_key = models.CharField(_("session key"), max_length=40, blank=True, default="")
+    name = models.CharField(_("name"), max_length=200, blank=True, default="")
+    status = models.CharField(
+        _("status"), max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING
+    )
+    current = models.PositiveBigIntegerField(_("current"), default=0)
+    total = models.PositiveBigIntegerField(_("total"), null=True, blank=True)
+    message = models.CharField(_("message"), max_length=500, blank=True, default="")
+    result = models.JSONField(_("result"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    error = models.TextField(_("error"), blank=True, default="")
+    # The seq of the newest event; incremented under the row lock that orders publishers.
+    last_seq = models.PositiveBigIntegerField(_("last event"), default=0, editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+
+    objects: ClassVar[JobQuerySet] = JobQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("job")
+        verbose_name_plural = _("jobs")
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="django_sse_job_owner_idx"),
+            models.Index(fields=["session_key", "-created_at"], name="django_sse_job_session_idx"),
+            models.Index(fields=["status", "finished_at"], name="django_sse_job_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name or _('Job')} ({self.get_status_display()})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def percent(self) -> float | None:
+        """Progress as a percentage, or None while the total is unknown."""
+        if not self.total:
+            return None
+        return min(100.0, 100.0 * self.current / self.total)
+
+
+class JobEvent(models.Model):
+    """One event of a job, numbered 1, 2, 3 ... without gaps by ``seq``."""
+
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="events", verbose_name=_("job")
+    )
+    seq = models.PositiveBigIntegerField(_("sequence number"))
+    type = models.CharField(_("type"), max_length=64)
+    data = models.JSONField(_("data"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        verbose_name = _("job event")
+        verbose_name_plural = _("job events")
+        constraints = [
+            # Its index also serves replay: WHERE job_id = ? AND seq > ? ORDER BY seq.
+            models.UniqueConstraint(fields=["job", "seq"], name="django_sse_jobevent_job_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.type}"

@@ -1,0 +1,47 @@
+"""The queries streams run (always on the stream database thread, see ``database.py``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from django_sse.validation import dump_data
+
+# Larger IN lists are split, to stay under every backend's parameter limit.
+_IN_CHUNK = 500
+
+
+class StoredEvent(NamedTuple):
+    seq: int
+    type: str
+    data: str  # JSON text
+
+
+def fetch_events(
+    job_id: uuid.UUID, after: int, *, upto: int | None = None, limit: int = 500
+) -> list[StoredEvent]:
+    """Events of ``job_id`` with ``after < seq <= upto``, oldest first, at most ``limit``."""
+    from django_sse.models import JobEvent
+
+    qs = JobEvent.objects.filter(job_id=job_id, seq__gt=after)
+    if upto is not None:
+        qs = qs.filter(seq__lte=upto)
+    rows = qs.order_by("seq").values_list("seq", "type", "data")[:limit]
+    return [StoredEvent(seq, type_, dump_data(data)) for seq, type_, data in rows]
+
+
+def last_seqs(job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The newest ``seq`` of each job that still exists."""
+    from django_sse.models import Job
+
+    ids = list(job_ids)
+    found: dict[uuid.UUID, int] = {}
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        found.update(Job.objects.filter(pk__in=chunk).values_list("pk", "last_seq"))
+    return found
+
+
+def last_seq(job_id: uuid.UUID) -> int:
+    return last_seqs([job_id]).get(job_id, 0)

@@ -1,0 +1,164 @@
+"""One open stream: replay from the database, then live events from the hub, with heartbeats.
+
+The stream keeps the ``seq`` of the last event it sent: anything at or below it is skipped (no
+duplicates), and anything that skips ahead is preceded by the missing events read from the
+database (no loss). It holds no thread and no database connection of its own while idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from django.db import DatabaseError
+
+from django_sse.auth import Access, reauthorize_stream
+from django_sse.conf import conf
+from django_sse.database import run_in_db_thread
+from django_sse.hub import Subscriber, get_hub
+from django_sse.queries import StoredEvent, fetch_events
+from django_sse.sse import HEARTBEAT, encode_event, encode_retry
+from django_sse.threads import release_request_thread
+from django_sse.validation import TERMINAL_TYPES
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+logger = logging.getLogger("django_sse")
+
+
+def describe_user(user: object) -> str:
+    """A user id for log lines, or "anonymous"."""
+    if user is not None and getattr(user, "is_authenticated", False):
+        return str(getattr(user, "pk", "?"))
+    return "anonymous"
+
+
+class JobStream:
+    """The body of one SSE response for one job."""
+
+    __slots__ = ("access", "last_seq", "reason", "request", "sent")
+
+    def __init__(self, request: HttpRequest, access: Access, resume_from: int) -> None:
+        self.request = request
+        self.access = access
+        self.last_seq = resume_from
+        self.sent = 0
+        self.reason = "client went away"
+
+    async def events(self) -> AsyncIterator[bytes]:
+        job_id = self.access.job.pk
+        opened = time.monotonic()
+        # The middleware has run: the request's thread is of no more use to us.
+        await release_request_thread()
+        hub = get_hub()
+        subscriber: Subscriber | None = None
+        logger.info(
+            "Stream opened: job=%s user=%s resume=%s",
+            job_id,
+            describe_user(self.access.user),
+            self.last_seq,
+        )
+        try:
+            subscriber = await hub.subscribe(job_id)
+            yield encode_retry(conf.RETRY_MILLISECONDS)
+            async for chunk in self._replay():
+                yield chunk
+            if self.reason == "job finished":
+                return
+            async for chunk in self._live(subscriber):
+                yield chunk
+        except DatabaseError as exc:
+            # The browser reconnects after a normal end and resumes from its last id.
+            self.reason = f"database error ({exc.__class__.__name__})"
+            logger.warning("Stream of job %s ends on a database error: %r", job_id, exc)
+        finally:
+            if subscriber is not None:
+                hub.unsubscribe(subscriber)
+            logger.info(
+                "Stream closed: job=%s user=%s events=%d duration=%.1fs reason=%s",
+                job_id,
+                describe_user(self.access.user),
+                self.sent,
+                time.monotonic() - opened,
+                self.reason,
+            )
+
+    def _encode(self, events: list[StoredEvent]) -> bytes:
+        parts = []
+        for event in events:
+            if event.seq <= self.last_seq:
+                continue
+            parts.append(encode_event(event.data, event=event.type, id=event.seq))
+            self.last_seq = event.seq
+            self.sent += 1
+            if event.type in TERMINAL_TYPES:
+                self.reason = "job finished"
+                break
+        return b"".join(parts)
+
+    async def _read(self, upto: int | None = None) -> AsyncIterator[bytes]:
+        """Stored events after ``last_seq`` (up to ``upto``), a page per chunk."""
+        page = conf.REPLAY_PAGE_SIZE
+        job_id = self.access.job.pk
+        while self.reason != "job finished":
+            events = await run_in_db_thread(
+                fetch_events, job_id, self.last_seq, upto=upto, limit=page
+            )
+            if not events:
+                return
+            chunk = self._encode(events)
+            if chunk:
+                yield chunk
+            if len(events) < page:
+                return
+
+    async def _replay(self) -> AsyncIterator[bytes]:
+        async for chunk in self._read():
+            yield chunk
+
+    async def _live(self, subscriber: Subscriber) -> AsyncIterator[bytes]:
+        heartbeat = conf.HEARTBEAT_SECONDS
+        next_beat = time.monotonic() + heartbeat
+        while True:
+            if not subscriber.items:
+                timeout = next_beat - time.monotonic()
+                if timeout > 0:
+                    try:
+                        # Waiting on our own Event is safe to cancel; the hub's layer receive
+                        # is never cancelled.
+                        await asyncio.wait_for(subscriber.wakeup.wait(), timeout)
+                    except asyncio.TimeoutError:
+                        pass
+            subscriber.wakeup.clear()
+            parts: list[bytes] = []
+            while subscriber.items and self.reason != "job finished":
+                seq, chunk, terminal = subscriber.items.popleft()
+                if seq <= self.last_seq:
+                    continue
+                if seq > self.last_seq + 1:
+                    async for missing in self._read(upto=seq - 1):
+                        parts.append(missing)
+                parts.append(chunk)
+                self.last_seq = seq
+                self.sent += 1
+                if terminal:
+                    self.reason = "job finished"
+            if parts:
+                # Several pending events leave as one chunk.
+                yield b"".join(parts)
+            if self.reason == "job finished":
+                return
+            if time.monotonic() >= next_beat:
+                allowed = await run_in_db_thread(
+                    reauthorize_stream, self.request, self.access.job.pk, self.access.session_key
+                )
+                if not allowed:
+                    self.reason = "access revoked"
+                    logger.info("Stream of job %s: access revoked, closing.", self.access.job.pk)
+                    return
+                yield HEARTBEAT
+                next_beat = time.monotonic() + heartbeat

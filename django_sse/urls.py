@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from django_sse import views
+
+app_name = "django_sse"
+
+urlpatterns = [
+    path("jobs/<str:job_id>/events/", views.job_events, name="job-events"),
+]
