@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django_sse.publish import apublish, publish
+from django_sse.publishing import apublish, publish
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 
-from django_sse import publish as _publish
+from django_sse import publishing as _publish
 
 if TYPE_CHECKING:
     from django_sse.models import JobEvent

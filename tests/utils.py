@@ -1,0 +1,122 @@
+"""Helpers to drive the stream view through ASGI and to make sessions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlsplit
+
+from asgiref.testing import ApplicationCommunicator
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+from django.core.asgi import get_asgi_application
+
+from tests.sse_parser import Event, Parser
+
+application = get_asgi_application()
+
+
+def make_session(user: Any = None) -> str:
+    """A saved session (logged in as ``user`` if given); returns its key."""
+    session = SessionStore()
+    if user is not None:
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    else:
+        session["visited"] = True
+    session.save()
+    assert session.session_key is not None
+    return session.session_key
+
+
+class StreamClient:
+    """One HTTP request to the ASGI app, read chunk by chunk."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        session_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        method: str = "GET",
+    ) -> None:
+        parts = urlsplit(url)
+        raw_headers = [(b"host", b"testserver"), (b"accept", b"text/event-stream")]
+        raw_headers.append((b"accept-encoding", b"gzip, deflate"))
+        if session_key is not None:
+            cookie = f"{settings.SESSION_COOKIE_NAME}={session_key}"
+            raw_headers.append((b"cookie", cookie.encode()))
+        for name, value in (headers or {}).items():
+            raw_headers.append((name.lower().encode("latin1"), value.encode("latin1")))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": parts.path,
+            "raw_path": parts.path.encode(),
+            "query_string": parts.query.encode(),
+            "root_path": "",
+            "headers": raw_headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        self.communicator = ApplicationCommunicator(application, scope)
+        self.parser = Parser()
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        self.ended = False
+
+    async def start(self, timeout: float = 10) -> int:
+        await self.communicator.send_input({"type": "http.request", "body": b""})
+        message = await self.communicator.receive_output(timeout)
+        assert message["type"] == "http.response.start", message
+        self.status = message["status"]
+        self.headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in message["headers"]}
+        return message["status"]
+
+    async def read_chunk(self, timeout: float = 10) -> bytes:
+        """The next body chunk (b"" once the body has ended)."""
+        if self.ended:
+            return b""
+        message = await self.communicator.receive_output(timeout)
+        assert message["type"] == "http.response.body", message
+        chunk: bytes = message.get("body", b"")
+        self.body += chunk
+        self.parser.feed(chunk)
+        if not message.get("more_body", False):
+            self.ended = True
+        return chunk
+
+    async def read_events(self, count: int, timeout: float = 10) -> list[Event]:
+        """Read until ``count`` events in all have arrived; returns all events so far."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.parser.events) < count:
+            if self.ended:
+                raise AssertionError(f"stream ended after {len(self.parser.events)} events")
+            await self.read_chunk(max(0.01, deadline - loop.time()))
+        return self.parser.events
+
+    async def read_to_end(self, timeout: float = 10) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.ended:
+            await self.read_chunk(max(0.01, deadline - loop.time()))
+        return self.body
+
+    async def nothing_within(self, seconds: float) -> bool:
+        """True if the app sends nothing for ``seconds`` (the app keeps running)."""
+        return await self.communicator.receive_nothing(timeout=seconds, interval=0.01)
+
+    async def disconnect(self, timeout: float = 5) -> None:
+        await self.communicator.send_input({"type": "http.disconnect"})
+        await self.communicator.wait(timeout)
+
+    @property
+    def seqs(self) -> list[int]:
+        return [int(e.last_event_id) for e in self.parser.events]
