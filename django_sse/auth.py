@@ -60,10 +60,11 @@ def authorize_stream(request: HttpRequest, job_id: uuid.UUID) -> Access | None:
     """The job and the identity that may read it, or None (missing and forbidden alike)."""
     from django_sse.models import Job
 
+    # The identity first, for missing and forbidden jobs alike (the refusal log names the user).
+    user, session_key = _current_identity(request)
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         return None
-    user, session_key = _current_identity(request)
     if not can_access(request, job, user, session_key):
         return None
     return Access(job, user, session_key)

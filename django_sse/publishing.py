@@ -11,6 +11,7 @@ before the app registry is ready.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,14 +81,23 @@ def record(job: Job | uuid.UUID | str, entries: Sequence[Entry]) -> list[JobEven
     from django_sse.models import ACTIVE_STATUSES, Job, JobEvent, JobStatus
 
     job_id = job_id_of(job)
-    pending = progress_throttle.take_pending(job_id)
+    using = router.db_for_write(JobEvent)
+    # Inside the caller's transaction the pending value is only dropped once that transaction
+    # commits: if it rolls back, the value is still pending for the next write.
+    in_outer_atomic = transaction.get_connection(using).in_atomic_block
+    if in_outer_atomic:
+        pending = progress_throttle.peek_pending(job_id)
+    else:
+        pending = progress_throttle.take_pending(job_id)
     all_entries = [progress_entry(pending), *entries] if pending else list(entries)
+    if not all_entries:
+        return []
     updates: dict[str, Any] = {}
     for entry in all_entries:
         updates.update(entry.updates)
     now = timezone.now()
     try:
-        with transaction.atomic(using=router.db_for_write(JobEvent)):
+        with transaction.atomic(using=using):
             changed = Job.objects.filter(pk=job_id, status__in=ACTIVE_STATUSES).update(
                 last_seq=F("last_seq") + len(all_entries), updated_at=now, **updates
             )
@@ -106,9 +116,13 @@ def record(job: Job | uuid.UUID | str, entries: Sequence[Entry]) -> list[JobEven
                 for i, e in enumerate(all_entries)
             ]
     except BaseException:
-        if pending:
+        if pending and not in_outer_atomic:
             progress_throttle.restore_pending(job_id, pending)
         raise
+    if pending and in_outer_atomic:
+        transaction.on_commit(
+            functools.partial(progress_throttle.discard_pending, job_id, pending), using=using
+        )
     if any(e.type in TERMINAL_TYPES for e in all_entries):
         progress_throttle.forget(job_id)
     if isinstance(job, Job):
@@ -168,15 +182,10 @@ async def aset_progress(
 
 def flush_progress(job: Job | uuid.UUID | str) -> JobEvent | None:
     """Write progress that is still pending for ``job``, if any."""
-    job_id = job_id_of(job)
-    pending = progress_throttle.take_pending(job_id)
-    if pending is None:
+    if progress_throttle.peek_pending(job_id_of(job)) is None:
         return None
-    try:
-        return record(job, [progress_entry(pending)])[-1]
-    except BaseException:
-        progress_throttle.restore_pending(job_id, pending)
-        raise
+    events = record(job, [])
+    return events[-1] if events else None
 
 
 def make_progress(current: int, total: int | None, message: str) -> Progress:

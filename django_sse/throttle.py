@@ -59,6 +59,18 @@ class ProgressThrottle:
             pending, state.pending = state.pending, None
             return pending
 
+    def peek_pending(self, job_id: uuid.UUID) -> Progress | None:
+        with self._lock:
+            state = self._states.get(job_id)
+            return None if state is None else state.pending
+
+    def discard_pending(self, job_id: uuid.UUID, progress: Progress) -> None:
+        """Forget ``progress`` once it is committed, unless a newer value replaced it."""
+        with self._lock:
+            state = self._states.get(job_id)
+            if state is not None and state.pending is progress:
+                state.pending = None
+
     def restore_pending(self, job_id: uuid.UUID, progress: Progress) -> None:
         """Put back a pending value whose write failed, unless a newer one arrived meanwhile."""
         with self._lock:

@@ -4,9 +4,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from channels.layers import get_channel_layer
+from asgiref.sync import SyncToAsync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from django_sse.database import close_db_thread_connections
+from django_sse.database import close_connections, close_db_thread_connections
 from django_sse.hub import close_hub
 
 
@@ -16,6 +17,8 @@ def _close_stream_db_thread(django_db_setup: None, django_db_blocker: object) ->
     # The stream database thread keeps its connection between queries; the test database
     # cannot be dropped while it is open.
     close_db_thread_connections()
+    # So does the thread where the tests' own sync_to_async calls (and the async ORM) ran.
+    SyncToAsync.single_thread_executor.submit(close_connections).result()
 
 
 @pytest_asyncio.fixture
@@ -24,8 +27,7 @@ async def hub_cleanup() -> AsyncIterator[None]:
     yield
     await close_hub()
     layer = get_channel_layer()
-    if layer is not None and hasattr(layer, "flush"):
-        try:
-            await layer.flush()
-        except NotImplementedError:
-            pass
+    # Redis layers keep one connection pool per event loop; flushing from this loop would
+    # close the publisher thread's pools too. Their per-process prefix isolates the tests.
+    if isinstance(layer, InMemoryChannelLayer):
+        await layer.flush()

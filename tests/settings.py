@@ -63,6 +63,8 @@ if DATABASE_URL.startswith("postgres"):
             "PASSWORD": url.password or "",
             "HOST": url.hostname or "127.0.0.1",
             "PORT": str(url.port or 5432),
+            # Per process, so that concurrent runs (a nox matrix, a second shell) never collide.
+            "TEST": {"NAME": f"test_django_sse_{os.getpid()}"},
         }
     }
 else:

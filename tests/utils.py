@@ -49,7 +49,8 @@ class StreamClient:
             cookie = f"{settings.SESSION_COOKIE_NAME}={session_key}"
             raw_headers.append((b"cookie", cookie.encode()))
         for name, value in (headers or {}).items():
-            raw_headers.append((name.lower().encode("latin1"), value.encode("latin1")))
+            # Raw bytes, as a client may send them (Django decodes header values as latin-1).
+            raw_headers.append((name.lower().encode("latin1"), value.encode("utf-8")))
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},

@@ -1,0 +1,84 @@
+"""Pages of the example: the list of your reports, starting one, and watching it run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST, require_safe
+
+from django_sse.exceptions import JobFinished
+from django_sse.models import Job, JobQuerySet
+from example_project.reports.tasks import DEFAULT_STEPS, run_report as run_report_task
+
+logger = logging.getLogger(__name__)
+
+RECENT_JOBS = 10
+# The step that fails when the visitor asks for a failure, to show what one looks like.
+FAILING_STEP = 12
+
+
+def visible_jobs(request: HttpRequest) -> JobQuerySet:
+    """The visitor's jobs: the user's, or for an anonymous visitor the session's. The same
+    rule as the stream's, so a page never links to a stream that would answer 404."""
+    if request.user.is_authenticated:
+        return Job.objects.filter(owner=request.user)
+    session_key = request.session.session_key
+    if not session_key:
+        return Job.objects.none()
+    return Job.objects.filter(owner__isnull=True, session_key=session_key)
+
+
+@require_safe
+def home(request: HttpRequest) -> HttpResponse:
+    jobs = visible_jobs(request)[:RECENT_JOBS]
+    return render(request, "reports/home.html", {"jobs": jobs, "steps": DEFAULT_STEPS})
+
+
+@require_POST
+def run_report(request: HttpRequest) -> HttpResponse:
+    job = Job.objects.create_for_request(request, name="Sales report")
+    fail_at_step = FAILING_STEP if request.POST.get("fail") else None
+    try:
+        run_report_task.enqueue(job_id=str(job.pk), steps=DEFAULT_STEPS, fail_at_step=fail_at_step)
+    except Exception:
+        logger.exception("Could not queue the report of job %s.", job.pk)
+        job.fail("The report could not be queued.")
+        messages.error(request, "The report could not be queued; see the server log.")
+    return redirect("job-detail", job_id=job.pk)
+
+
+@require_safe
+def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    job = get_object_or_404(visible_jobs(request), pk=job_id)
+    # Events up to job.last_seq were committed with the job row just read, so the log below
+    # and the stream opened after it (from last_seq on) meet with no gap and no overlap.
+    log_lines = [
+        data.get("line", "") if isinstance(data, dict) else ""
+        for data in job.events.filter(type="log", seq__lte=job.last_seq)
+        .order_by("seq")
+        .values_list("data", flat=True)
+    ]
+    context = {
+        "job": job,
+        "log_lines": log_lines,
+        "stream_url": reverse("django_sse:job-events", kwargs={"job_id": job.pk}),
+        "result_json": json.dumps(job.result, indent=2) if job.result is not None else "",
+    }
+    return render(request, "reports/job.html", context)
+
+
+@require_POST
+def cancel_job(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    job = get_object_or_404(visible_jobs(request), pk=job_id)
+    try:
+        # The worker notices at its next event (JobFinished) and stops.
+        job.cancel()
+    except JobFinished:
+        messages.info(request, "The report had already finished.")
+    return redirect("job-detail", job_id=job.pk)

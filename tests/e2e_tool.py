@@ -1,0 +1,99 @@
+"""Helper processes of ``test_e2e_daphne.py``; run with ``DJANGO_SETTINGS_MODULE=tests.e2e_settings``.
+
+``python -m tests.e2e_tool setup --jobs N``
+    Migrate the shared database, create an owner and another user, a logged-in session for
+    each, and N pending jobs of the owner; print them as one JSON object.
+
+``python -m tests.e2e_tool publish JOB_ID --steps N --interval S``
+    Publish a job from this separate process: ``job.start()``, N ``step`` events (with their
+    publish time in the data), ``job.succeed()``. After each event is committed, print one JSON
+    line ``{"seq": ..., "type": ..., "t": <time.time() after commit>}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def _setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.e2e_settings")
+    import django
+
+    django.setup()
+
+
+def _session_for(user: Any) -> str:
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    assert session.session_key is not None
+    return session.session_key
+
+
+def setup(jobs: int) -> dict[str, Any]:
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from django_sse.models import Job
+
+    call_command("migrate", verbosity=0, interactive=False)
+    User = get_user_model()
+    owner = User.objects.create_user("owner", password="owner-password")
+    other = User.objects.create_user("other", password="other-password")
+    job_ids = [str(Job.objects.create(owner=owner, name=f"e2e {i}").pk) for i in range(jobs)]
+    return {
+        "owner_session": _session_for(owner),
+        "other_session": _session_for(other),
+        "jobs": job_ids,
+    }
+
+
+def _report(event: Any) -> None:
+    line = {"seq": event.seq, "type": event.type, "t": time.time()}
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+
+
+def publish_job(job_id: str, steps: int, interval: float) -> None:
+    from django_sse import publish
+    from django_sse.models import Job
+
+    job = Job.objects.get(pk=job_id)
+    _report(job.start())
+    time.sleep(interval)
+    for i in range(steps):
+        _report(publish(job, "step", {"i": i, "t": time.time()}))
+        time.sleep(interval)
+    _report(job.succeed({"steps": steps, "t": time.time()}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tests.e2e_tool")
+    commands = parser.add_subparsers(dest="command", required=True)
+    setup_cmd = commands.add_parser("setup")
+    setup_cmd.add_argument("--jobs", type=int, default=1)
+    publish_cmd = commands.add_parser("publish")
+    publish_cmd.add_argument("job_id")
+    publish_cmd.add_argument("--steps", type=int, default=5)
+    publish_cmd.add_argument("--interval", type=float, default=0.1)
+    args = parser.parse_args(argv)
+    _setup_django()
+    if args.command == "setup":
+        sys.stdout.write(json.dumps(setup(args.jobs)) + "\n")
+    else:
+        publish_job(args.job_id, args.steps, args.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,638 @@
+"""End-to-end tests against a real Daphne server in a subprocess, read with httpx.
+
+The server, a setup process and publisher processes share one real database: a SQLite file in a
+temporary directory, or a PostgreSQL database created for this run when ``DATABASE_URL`` is set
+(dropped at the end). With ``REDIS_URL`` the server uses the Redis channel layer, with a prefix
+shared by all processes; the database poll is then slowed to 30 s so that prompt delivery
+proves the Redis path. Without it, events from another process arrive through the 0.2 s poll.
+
+Every loop is bounded in count and time; all traffic goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.sse_parser import Parser
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+REDIS_URL = os.environ.get("REDIS_URL", "")
+USE_POSTGRES = DATABASE_URL.startswith("postgres")
+# With Redis the poll is slowed down so that only the layer can deliver within the deadline.
+POLL_SECONDS = 30.0 if REDIS_URL else 0.2
+MAX_LATENCY = 1.5 if REDIS_URL else 3.0
+SESSION_COOKIE = "sessionid"
+CONTENT_TYPE = "text/event-stream; charset=utf-8"
+IDLE_STREAMS = 30
+CLEANUP_STREAMS = 5
+# Jobs made by the setup process: 0 and 1 are published, then idle ones for the other tests.
+JOB_COUNT = 2 + IDLE_STREAMS + CLEANUP_STREAMS + 1
+SERVER_ERRORS = re.compile(r"Traceback|\bERROR\b|CRITICAL|took too long to shut down")
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
+    """Call ``predicate`` until it returns something truthy or ``timeout`` passes; returns the
+    last value (bounded in time and in the number of calls)."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    for _ in range(int(timeout / interval) + 1):
+        if value or time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def fds_to(pid: int, path: str) -> int:
+    """Open file descriptors of ``pid`` on the file ``path`` (a SQLite connection holds one)."""
+    target = os.path.realpath(path)
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                count += 1
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
+# -- the shared database ----------------------------------------------------------------------
+
+
+def _pg_admin() -> Any:
+    import psycopg
+
+    url = urlparse(DATABASE_URL)
+    return psycopg.connect(
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password or "",
+        dbname="postgres",
+        autocommit=True,
+        connect_timeout=5,
+    )
+
+
+def pg_connections(dbname: str) -> int:
+    """Connections to ``dbname`` (the test process never connects to it)."""
+    with _pg_admin() as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [dbname],
+        ).fetchone()
+    return int(row[0])
+
+
+@dataclass
+class E2E:
+    env: dict[str, str]
+    db_name: str  # the SQLite file, or the PostgreSQL database name
+    owner_session: str
+    other_session: str
+    jobs: list[str]
+
+    def db_connections(self, pid: int) -> int:
+        if USE_POSTGRES:
+            return pg_connections(self.db_name)
+        return fds_to(pid, self.db_name)
+
+
+def _run_tool(env: dict[str, str], *args: str, timeout: float = 60) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.e2e_tool", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, f"e2e_tool {args} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def e2e() -> Iterator[E2E]:
+    run_id = f"{os.getpid()}_{secrets.token_hex(4)}"
+    tmp = tempfile.mkdtemp(prefix="django_sse_e2e_")
+    if USE_POSTGRES:
+        from psycopg import sql
+
+        db_name = f"django_sse_e2e_{run_id}"
+        with _pg_admin() as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
+    else:
+        db_name = os.path.join(tmp, "e2e.sqlite3")
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.e2e_settings",
+        DJANGO_SSE_E2E_DB=db_name,
+        DJANGO_SSE_E2E_PREFIX=f"django_sse_e2e_{run_id}",
+        DJANGO_SSE_E2E_POLL_SECONDS=str(POLL_SECONDS),
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        PYTHONUNBUFFERED="1",
+    )
+    try:
+        made = json.loads(_run_tool(env, "setup", "--jobs", str(JOB_COUNT)))
+        yield E2E(env, db_name, made["owner_session"], made["other_session"], made["jobs"])
+    finally:
+        if USE_POSTGRES:
+            from psycopg import sql
+
+            with _pg_admin() as admin:
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(db_name)
+                    )
+                )
+        if REDIS_URL:
+            with contextlib.suppress(Exception):
+                import redis
+
+                client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+                keys = list(client.scan_iter(f"{env['DJANGO_SSE_E2E_PREFIX']}*", count=1000))
+                if keys:
+                    client.delete(*keys)
+                client.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    owner_session: str
+    other_session: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self, job_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/sse/jobs/{job_id}/events/"
+
+    def log_offset(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log(self, since: int = 0) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            return f.read().decode("utf-8", "replace")
+
+    def assert_no_errors(self, since: int) -> None:
+        text = self.log(since)
+        assert not SERVER_ERRORS.search(text), f"server log has errors:\n{text}"
+        assert self.process.poll() is None, f"server died:\n{text}"
+
+
+def _stop(process: subprocess.Popen[Any], timeout: float = 5) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
+@pytest.fixture(scope="module")
+def server(e2e: E2E) -> Iterator[Server]:
+    port = free_port()
+    log_dir = Path(tempfile.mkdtemp(prefix="django_sse_e2e_log_"))
+    log_path = log_dir / "daphne.log"
+    with open(log_path, "wb") as log, open(log_dir / "access.log", "wb") as access:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+             "tests.asgi:application"],
+            cwd=ROOT,
+            env=e2e.env,
+            stdin=subprocess.DEVNULL,
+            stdout=access,
+            stderr=log,
+        )
+    try:
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                return True  # died: stop waiting
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(listening, timeout=20, interval=0.1)
+        assert process.poll() is None, f"Daphne exited:\n{log_path.read_text()}"
+        assert listening(), f"Daphne did not listen within 20 s:\n{log_path.read_text()}"
+        yield Server(process, port, log_path, e2e.owner_session, e2e.other_session)
+    finally:
+        _stop(process)
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def spawn(e2e: E2E) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start publisher processes; any still running at teardown is stopped."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(job_id: str, steps: int, interval: float) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e_tool", "publish", job_id,
+             "--steps", str(steps), "--interval", str(interval)],
+            cwd=ROOT,
+            env=e2e.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        _stop(process)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def published_times(process: subprocess.Popen[str], timeout: float = 20) -> dict[int, float]:
+    """Wait for a publisher to finish; ``{seq: time it was committed}``."""
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"publisher failed:\n{out}\n{err}"
+    times = {}
+    for line in out.splitlines():
+        record = json.loads(line)
+        times[record["seq"]] = record["t"]
+    return times
+
+
+# -- reading a stream -------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One streaming GET, read chunk by chunk with the WHATWG parser."""
+
+    response: httpx.Response
+    close_response: Callable[[], None]
+    parser: Parser = field(default_factory=Parser)
+    raw: bytes = b""
+    arrivals: dict[int, float] = field(default_factory=dict)
+    ended: bool = False
+    chunks: Iterator[bytes] | None = None
+
+    @property
+    def seqs(self) -> list[int]:
+        return [int(e.last_event_id) for e in self.parser.events]
+
+    def read_chunk(self) -> bytes:
+        """The next chunk off the wire (each read is bounded by the client's read timeout)."""
+        if self.ended:
+            return b""
+        if self.chunks is None:
+            self.chunks = self.response.iter_raw()
+        try:
+            chunk = next(self.chunks)
+        except StopIteration:
+            self.ended = True
+            return b""
+        now = time.time()
+        self.raw += chunk
+        for event in self.parser.feed(chunk):
+            self.arrivals.setdefault(int(event.last_event_id), now)
+        return chunk
+
+    def read_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        for _ in range(10_000):
+            if done():
+                return
+            assert not self.ended, f"stream ended before {what}; got {self.seqs}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout} s; got {self.seqs}"
+            self.read_chunk()
+        raise AssertionError(f"too many chunks before {what}")
+
+    def read_first_chunk(self, timeout: float = 10) -> None:
+        self.read_until(lambda: self.parser.retry is not None, timeout, "retry field")
+
+    def read_to_end(self, timeout: float) -> None:
+        self.read_until(lambda: self.ended, timeout, "end of the stream")
+
+    def abort(self) -> None:
+        """Cut the connection abruptly: a TCP reset instead of an orderly close."""
+        network_stream = self.response.extensions.get("network_stream")
+        sock = network_stream.get_extra_info("socket") if network_stream is not None else None
+        assert sock is not None, "cannot reach the client socket"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
+
+    def close(self) -> None:
+        self.close_response()
+
+
+def client(**kwargs: Any) -> httpx.Client:
+    return httpx.Client(
+        timeout=httpx.Timeout(10.0, connect=5.0),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=0),
+        trust_env=False,
+        **kwargs,
+    )
+
+
+def open_stream(
+    http: httpx.Client, url: str, session: str | None, headers: dict[str, str] | None = None
+) -> Stream:
+    all_headers = {"Accept": "text/event-stream", "Accept-Encoding": "gzip"}
+    if session is not None:
+        all_headers["Cookie"] = f"{SESSION_COOKIE}={session}"
+    all_headers.update(headers or {})
+    context = http.stream("GET", url, headers=all_headers)
+    response = context.__enter__()
+    return Stream(response, lambda: context.__exit__(None, None, None))
+
+
+# -- the tests --------------------------------------------------------------------------------
+
+
+def test_job_published_from_another_process_streams_in_order(
+    server: Server, e2e: E2E, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    offset = server.log_offset()
+    job_id = e2e.jobs[0]
+    steps = 8
+    with client() as http:
+        stream = open_stream(http, server.url(job_id), server.owner_session)
+        try:
+            response = stream.response
+            assert response.status_code == 200
+            assert response.headers["content-type"] == CONTENT_TYPE
+            assert response.headers["cache-control"] == "no-cache"
+            assert response.headers["x-accel-buffering"] == "no"
+            assert response.headers.get("content-encoding", "identity") == "identity"
+            stream.read_first_chunk()
+            # Plain text on the wire although the client accepts gzip.
+            assert stream.raw.startswith(b"retry: ")
+            assert stream.parser.events == []
+
+            publisher = spawn(job_id, steps=steps, interval=0.1)
+            stream.read_to_end(timeout=30)
+        finally:
+            stream.close()
+    published = published_times(publisher)
+
+    total = steps + 2
+    assert sorted(published) == list(range(1, total + 1))
+    assert stream.seqs == list(range(1, total + 1))
+    types = [e.type for e in stream.parser.events]
+    assert types == ["started"] + ["step"] * steps + ["succeeded"]
+    datas = [json.loads(e.data) for e in stream.parser.events]
+    assert [d["i"] for d in datas[1:-1]] == list(range(steps))
+    assert datas[-1]["result"]["steps"] == steps
+    # Nothing after the terminal event: the body ends right after it.
+    assert stream.raw.endswith(b"\n\n")
+    assert stream.raw.split(b"\n\n")[-2].startswith(b"id: %d\nevent: succeeded\n" % total)
+    latencies = {seq: stream.arrivals[seq] - published[seq] for seq in published}
+    late = {seq: round(lag, 3) for seq, lag in latencies.items() if lag > MAX_LATENCY}
+    assert not late, f"events later than {MAX_LATENCY} s: {late}"
+    print(f"latency max {max(latencies.values()):.3f} s over {total} events")
+    assert wait_until(lambda: "reason=job finished" in server.log(offset), timeout=3)
+    server.assert_no_errors(offset)
+
+
+def test_resume_after_abrupt_disconnect(
+    server: Server, e2e: E2E, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    offset = server.log_offset()
+    job_id = e2e.jobs[1]
+    steps = 20
+    total = steps + 2
+    with client() as http:
+        first = open_stream(http, server.url(job_id), server.owner_session)
+        try:
+            assert first.response.status_code == 200
+            first.read_first_chunk()
+            publisher = spawn(job_id, steps=steps, interval=0.1)
+            first.read_until(lambda: len(first.parser.events) >= 5, 20, "5 events")
+        finally:
+            first.abort()
+        cut_at = time.time()
+        assert first.seqs == list(range(1, len(first.seqs) + 1))
+        last_id = first.parser.events[-1].last_event_id
+        assert int(last_id) < total - 3
+        # The publisher keeps going while nobody listens.
+        time.sleep(0.5)
+        resumed_at = time.time()
+        second = open_stream(
+            http, server.url(job_id), server.owner_session, {"Last-Event-ID": last_id}
+        )
+        try:
+            assert second.response.status_code == 200
+            second.read_to_end(timeout=30)
+        finally:
+            second.close()
+        published = published_times(publisher)
+
+        assert any(cut_at < t < resumed_at for t in published.values()), (
+            "no event was published while disconnected"
+        )
+        assert second.seqs[0] == int(last_id) + 1
+        both = first.seqs + second.seqs
+        assert len(both) == len(set(both)), f"duplicates: {first.seqs} + {second.seqs}"
+        assert sorted(both) == list(range(1, total + 1))
+        assert second.parser.events[-1].type == "succeeded"
+
+        # The finished job, resumed from its last event: "stop reconnecting".
+        done = http.get(
+            server.url(job_id),
+            headers={"Cookie": f"{SESSION_COOKIE}={server.owner_session}",
+                     "Last-Event-ID": str(total)},
+        )
+        assert done.status_code == 204
+        assert done.content == b""
+        # Resumed a little earlier: the rest is replayed and the body ends.
+        tail = open_stream(
+            http, server.url(job_id), server.owner_session, {"Last-Event-ID": str(total - 2)}
+        )
+        try:
+            assert tail.response.status_code == 200
+            tail.read_to_end(timeout=10)
+        finally:
+            tail.close()
+        assert tail.seqs == [total - 1, total]
+
+    log = server.log(offset)
+    assert re.search(rf"Stream closed: job={job_id} .*reason=client went away", log), log
+    server.assert_no_errors(offset)
+
+
+def test_idle_streams_hold_no_thread_and_no_connection(server: Server, e2e: E2E) -> None:
+    offset = server.log_offset()
+    jobs = e2e.jobs[2 : 2 + IDLE_STREAMS]
+    # The server is idle: let any thread of an earlier request finish.
+    time.sleep(0.5)
+    baseline = thread_count(server.pid)
+    db_baseline = e2e.db_connections(server.pid)
+    streams: list[Stream] = []
+    counts: dict[int, tuple[int, int]] = {}
+    with client() as http:
+        try:
+            for batch in (jobs[:10], jobs[10:]):
+                for job_id in batch:
+                    stream = open_stream(http, server.url(job_id), server.owner_session)
+                    streams.append(stream)
+                    assert stream.response.status_code == 200
+                for stream in streams:
+                    stream.read_first_chunk()
+                # Executors released by the streams may take a moment to exit.
+                threads = wait_until(
+                    lambda: (n := thread_count(server.pid)) <= baseline + 5 and n, timeout=3
+                ) or thread_count(server.pid)
+                counts[len(streams)] = (threads, e2e.db_connections(server.pid))
+            print(f"threads: baseline {baseline}, with 10/30 streams {counts[10][0]}/{counts[30][0]}")
+            print(f"db connections: baseline {db_baseline}, 10/30 streams {counts[10][1]}/{counts[30][1]}")
+            assert all(not s.ended for s in streams)
+            assert counts[30][0] - baseline <= 5, (baseline, counts)
+            assert counts[30][0] - counts[10][0] <= 3, (baseline, counts)
+            assert counts[10][1] <= 2, counts
+            assert counts[30][1] <= 2, counts
+            assert counts[30][1] <= counts[10][1] + 1, counts
+        finally:
+            for stream in streams:
+                stream.close()
+
+    def all_closed() -> bool:
+        log = server.log(offset)
+        return all(f"Stream closed: job={job_id} " in log for job_id in jobs)
+
+    assert wait_until(all_closed, timeout=5), server.log(offset)
+    after = wait_until(lambda: (n := thread_count(server.pid)) <= baseline + 2 and n, timeout=5)
+    assert after, (baseline, thread_count(server.pid))
+    assert e2e.db_connections(server.pid) <= 2
+    server.assert_no_errors(offset)
+
+
+def test_server_cleans_up_promptly_after_disconnect(server: Server, e2e: E2E) -> None:
+    jobs = e2e.jobs[2 + IDLE_STREAMS : 2 + IDLE_STREAMS + CLEANUP_STREAMS]
+    offset = server.log_offset()
+    time.sleep(0.3)
+    baseline = thread_count(server.pid)
+    with client() as http:
+        streams = [open_stream(http, server.url(job_id), server.owner_session) for job_id in jobs]
+        try:
+            for stream in streams:
+                assert stream.response.status_code == 200
+                stream.read_first_chunk()
+            opened = server.log(offset)
+            for job_id in jobs:
+                assert f"Stream opened: job={job_id} " in opened
+                assert f"Stream closed: job={job_id} " not in opened
+        finally:
+            # Half end with a reset, half with an orderly close.
+            for index, stream in enumerate(streams):
+                if index % 2:
+                    stream.abort()
+                else:
+                    stream.close()
+        left_at = time.monotonic()
+
+        def closed() -> list[str]:
+            log = server.log(offset)
+            return [job_id for job_id in jobs if f"Stream closed: job={job_id} " in log]
+
+        found = wait_until(lambda: len(closed()) == len(jobs) and closed(), timeout=2)
+        elapsed = time.monotonic() - left_at
+    assert found, f"not closed within 2 s:\n{server.log(offset)}"
+    print(f"all {len(jobs)} streams closed {elapsed:.2f} s after the clients left")
+    log = server.log(offset)
+    for job_id in jobs:
+        line = re.search(rf"Stream closed: job={job_id} user=\S+ events=(\d+) .*reason=(.*)", log)
+        assert line is not None
+        assert line.group(1) == "0"
+        assert line.group(2) == "client went away"
+    assert wait_until(lambda: thread_count(server.pid) <= baseline + 2, timeout=3)
+    server.assert_no_errors(offset)
+
+
+def test_refusals(server: Server, e2e: E2E) -> None:
+    offset = server.log_offset()
+    job_id = e2e.jobs[-1]
+    owner = {"Cookie": f"{SESSION_COOKIE}={server.owner_session}"}
+    other = {"Cookie": f"{SESSION_COOKIE}={server.other_session}"}
+    with client() as http:
+        # The job exists and its owner may read it.
+        allowed = open_stream(http, server.url(job_id), server.owner_session)
+        try:
+            assert allowed.response.status_code == 200
+            allowed.read_first_chunk()
+        finally:
+            allowed.close()
+
+        for headers in (other, {}):
+            refused = http.get(server.url(job_id), headers=headers)
+            assert refused.status_code == 404
+            assert not refused.headers.get("content-type", "").startswith("text/event-stream")
+        for bad in ("not-a-uuid", "123", str(uuid.uuid4())):
+            assert http.get(server.url(bad), headers=owner).status_code == 404
+
+        # A POST that passes CSRF reaches the view, which allows GET and HEAD only.
+        token = secrets.token_urlsafe(24)[:32]
+        token = re.sub(r"[^A-Za-z0-9]", "a", token)
+        posted = http.post(
+            server.url(job_id),
+            headers={
+                "Cookie": f"{SESSION_COOKIE}={server.owner_session}; csrftoken={token}",
+                "X-CSRFToken": token,
+            },
+        )
+        assert posted.status_code == 405
+        assert set(posted.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
+        # Without a CSRF token the middleware refuses first; no stream either way.
+        assert http.post(server.url(job_id), headers=owner).status_code in (403, 405)
+    log = server.log(offset)
+    assert "Stream refused" in log
+    server.assert_no_errors(offset)
