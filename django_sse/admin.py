@@ -31,15 +31,41 @@ class JobEventInline(_InlineBase):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Events are numbered without gaps; deleting one would break resuming streams.
+        return False
+
 
 @admin.register(Job)
 class JobAdmin(_JobAdminBase):
-    list_display = ("name", "owner", "status", "progress", "created_at", "updated_at", "finished_at")
+    list_display = (
+        "name",
+        "owner",
+        "status",
+        "progress",
+        "created_at",
+        "updated_at",
+        "finished_at",
+    )
     list_filter = ("status", "created_at")
     search_fields = ("id", "name", "owner__username", "message")
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
-    readonly_fields = ("id", "last_seq", "created_at", "updated_at", "finished_at")
+    # State changes go through the lifecycle helpers, which record the event streams need.
+    readonly_fields = (
+        "id",
+        "session_key",
+        "status",
+        "current",
+        "total",
+        "message",
+        "result",
+        "error",
+        "last_seq",
+        "created_at",
+        "updated_at",
+        "finished_at",
+    )
     raw_id_fields = ("owner",)
     inlines = (JobEventInline,)
 

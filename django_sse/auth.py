@@ -84,7 +84,7 @@ def reauthorize_stream(request: HttpRequest, job_id: uuid.UUID, session_key: str
     if session_key:
         engine = import_module(settings.SESSION_ENGINE)
         probe.session = engine.SessionStore(session_key)
-        user = get_user(probe)  # type: ignore[arg-type]
+        user = get_user(probe)
         current_key = probe.session.session_key
     request.user = user
     return can_access(request, job, user, current_key)

@@ -1,4 +1,4 @@
-"""System checks, registered in ``DjangoSseConfig.ready()``. Every ID is documented in README.rst."""
+"""System checks, registered in ``DjangoSseConfig.ready()``; every ID is documented in README."""
 
 from __future__ import annotations
 

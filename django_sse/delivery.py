@@ -34,7 +34,7 @@ logger = logging.getLogger("django_sse")
 
 def get_layer() -> BaseChannelLayer | None:
     try:
-        return get_channel_layer(conf.CHANNEL_LAYER)  # type: ignore[no-any-return]
+        return get_channel_layer(conf.CHANNEL_LAYER)
     except Exception:
         logger.exception("The channel layer %r cannot be loaded.", conf.CHANNEL_LAYER)
         return None
@@ -106,7 +106,9 @@ class Publisher:
 
     def _ensure_running(
         self,
-    ) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue[tuple[BaseChannelLayer, str, dict[str, Any]]]]:
+    ) -> tuple[
+        asyncio.AbstractEventLoop, asyncio.Queue[tuple[BaseChannelLayer, str, dict[str, Any]]]
+    ]:
         with self._lock:
             # A forked worker (Celery prefork) inherits the object but not the thread.
             if self._loop is None or self._queue is None or self._pid != os.getpid():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -24,8 +24,11 @@ class JobStatus(models.TextChoices):
     CANCELLED = "cancelled", _("Cancelled")
 
 
-ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
-FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+MESSAGE_MAX_LENGTH = 500
+
+# Plain strings: django-stubs types TextChoices members with labels as tuples.
+ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "running"})
+FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class JobQuerySet(models.QuerySet["Job"]):
@@ -49,10 +52,10 @@ class JobQuerySet(models.QuerySet["Job"]):
         return await self.acreate(session_key=request.session.session_key or "", **fields)
 
     def active(self) -> JobQuerySet:
-        return self.filter(status__in=ACTIVE_STATUSES)
+        return cast(JobQuerySet, self.filter(status__in=ACTIVE_STATUSES))
 
     def finished(self) -> JobQuerySet:
-        return self.filter(status__in=FINISHED_STATUSES)
+        return cast(JobQuerySet, self.filter(status__in=FINISHED_STATUSES))
 
 
 class Job(lifecycle.JobLifecycleMixin, models.Model):
@@ -77,7 +80,7 @@ class Job(lifecycle.JobLifecycleMixin, models.Model):
     )
     current = models.PositiveBigIntegerField(_("current"), default=0)
     total = models.PositiveBigIntegerField(_("total"), null=True, blank=True)
-    message = models.CharField(_("message"), max_length=500, blank=True, default="")
+    message = models.CharField(_("message"), max_length=MESSAGE_MAX_LENGTH, blank=True, default="")
     result = models.JSONField(_("result"), null=True, blank=True, encoder=DjangoJSONEncoder)
     error = models.TextField(_("error"), blank=True, default="")
     # The seq of the newest event; incremented under the row lock that orders publishers.

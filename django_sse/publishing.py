@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from django_sse.models import Job, JobEvent
 
 
-
 @dataclass(slots=True)
 class Entry:
     """One event to record, with the job fields it changes."""
@@ -47,7 +46,7 @@ def job_id_of(job: Job | uuid.UUID | str) -> uuid.UUID:
     from django_sse.models import Job
 
     if isinstance(job, Job):
-        return job.pk  # type: ignore[no-any-return]
+        return job.pk
     if isinstance(job, uuid.UUID):
         return job
     try:
@@ -106,9 +105,7 @@ def record(job: Job | uuid.UUID | str, entries: Sequence[Entry]) -> list[JobEven
                 if status is None:
                     raise Job.DoesNotExist(f"Job {job_id} does not exist.")
                 raise JobFinished(f"Job {job_id} has {status}; it takes no more events.")
-            last_seq, status = (
-                Job.objects.filter(pk=job_id).values_list("last_seq", "status").get()
-            )
+            last_seq, status = Job.objects.filter(pk=job_id).values_list("last_seq", "status").get()
             first_seq = last_seq - len(all_entries) + 1
             # One INSERT per event (not bulk_create) so that post_save fires for each.
             events = [
@@ -189,15 +186,16 @@ def flush_progress(job: Job | uuid.UUID | str) -> JobEvent | None:
 
 
 def make_progress(current: int, total: int | None, message: str) -> Progress:
-    from django_sse.models import Job
+    from django_sse.models import MESSAGE_MAX_LENGTH as max_message
 
-    max_message = Job._meta.get_field("message").max_length or 500
     if isinstance(current, bool) or not isinstance(current, int) or current < 0:
         raise ValueError(f"Progress 'current' must be a non-negative integer, not {current!r}.")
     if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
         raise ValueError(f"Progress 'total' must be a non-negative integer or None, not {total!r}.")
     if not isinstance(message, str) or len(message) > max_message:
-        raise ValueError(f"Progress 'message' must be a string of at most {max_message} characters.")
+        raise ValueError(
+            f"Progress 'message' must be a string of at most {max_message} characters."
+        )
     return Progress(current, total, message)
 
 
@@ -205,4 +203,6 @@ def terminal_entry(event: str, data: Any, updates: dict[str, Any]) -> Entry:
     from django_sse.models import JobStatus
 
     stored, _text = encode_data(data)
-    return Entry(event, stored, {**updates, "status": JobStatus(event), "finished_at": timezone.now()})
+    return Entry(
+        event, stored, {**updates, "status": JobStatus(event), "finished_at": timezone.now()}
+    )

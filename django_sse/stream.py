@@ -8,6 +8,7 @@ database (no loss). It holds no thread and no database connection of its own whi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -127,12 +128,10 @@ class JobStream:
             if not subscriber.items:
                 timeout = next_beat - time.monotonic()
                 if timeout > 0:
-                    try:
-                        # Waiting on our own Event is safe to cancel; the hub's layer receive
-                        # is never cancelled.
+                    # Waiting on our own Event is safe to cancel; the hub's layer receive is
+                    # never cancelled.
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(subscriber.wakeup.wait(), timeout)
-                    except asyncio.TimeoutError:
-                        pass
             subscriber.wakeup.clear()
             parts: list[bytes] = []
             while subscriber.items and self.reason != "job finished":

@@ -62,12 +62,10 @@ class Parser:
             self._type = value
         elif name == "data":
             self._data += value + "\n"
-        elif name == "id":
-            if "\x00" not in value:
-                self.last_event_id = value
-        elif name == "retry":
-            if value and value.isascii() and value.isdigit():
-                self.retry = int(value)
+        elif name == "id" and "\x00" not in value:
+            self.last_event_id = value
+        elif name == "retry" and value and value.isascii() and value.isdigit():
+            self.retry = int(value)
 
     def _dispatch(self) -> None:
         if self._data == "":

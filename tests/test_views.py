@@ -134,7 +134,7 @@ async def test_resume(
 
 
 @pytest.mark.parametrize(
-    "bad", ["-1", "abc", "1.5", "1e3", "0x10", "9" * 40, "１２", "", "3;4", "\u0663"]
+    "bad", ["-1", "abc", "1.5", "1e3", "0x10", "9" * 40, "\uff11\uff12", "", "3;4", "\u0663"]
 )
 async def test_invalid_resume_id_replays_from_start_and_is_logged(
     hub_cleanup: None, job: Job, owner_key: str, bad: str, caplog: pytest.LogCaptureFixture
@@ -445,7 +445,9 @@ async def test_second_stream_of_a_job_shares_the_subscription(
     assert job.pk not in hub.feeds
 
 
-async def test_open_streams_hold_no_thread_each(hub_cleanup: None, owner: User, owner_key: str) -> None:
+async def test_open_streams_hold_no_thread_each(
+    hub_cleanup: None, owner: User, owner_key: str
+) -> None:
     jobs = [await Job.objects.acreate(owner=owner) for _ in range(12)]
     # One stream first, so that the process-wide threads (the database thread) exist.
     warm = await open_stream(jobs[0].pk, owner_key)

@@ -77,7 +77,9 @@ class StreamClient:
         message = await self.communicator.receive_output(timeout)
         assert message["type"] == "http.response.start", message
         self.status = message["status"]
-        self.headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in message["headers"]}
+        self.headers = {
+            k.decode("latin1").lower(): v.decode("latin1") for k, v in message["headers"]
+        }
         return message["status"]
 
     async def read_chunk(self, timeout: float = 10) -> bytes:

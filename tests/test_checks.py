@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from django.core.checks import Error, Warning
+from django.test import override_settings
+
+from django_sse import checks
+from tests import settings as test_settings
+
+
+def ids(messages: Sequence[object]) -> list[str]:
+    return [m.id for m in messages]  # type: ignore[attr-defined]
+
+
+def test_test_settings_pass_every_check() -> None:
+    assert checks.check_settings(None) == []
+    assert checks.check_channel_layer(None) == []
+    assert checks.check_middleware(None) == []
+    assert checks.check_daphne(None) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("nope", "DJANGO_SSE must be a dict, not str."),
+        ({"HEARTBEAT": 5}, "unknown key 'HEARTBEAT'"),
+        ({"HEARTBEAT_SECONDS": 0}, "DJANGO_SSE['HEARTBEAT_SECONDS'] must be a positive number"),
+        ({"MAX_DATA_BYTES": "64k"}, "DJANGO_SSE['MAX_DATA_BYTES'] must be a positive number"),
+        ({"POLL_SECONDS": True}, "DJANGO_SSE['POLL_SECONDS'] must be a positive number"),
+        ({"CHANNEL_LAYER": ""}, "DJANGO_SSE['CHANNEL_LAYER'] must be a non-empty string"),
+    ],
+)
+def test_bad_settings_are_e001_naming_the_key(value: object, fragment: str) -> None:
+    with override_settings(DJANGO_SSE=value):
+        messages = checks.check_settings(None)
+    assert ids(messages) == ["django_sse.E001"]
+    assert isinstance(messages[0], Error)
+    assert fragment in messages[0].msg
+
+
+@pytest.mark.parametrize("value", ["tests.nowhere.func", 42])
+def test_unusable_authorize_is_e002(value: object) -> None:
+    with override_settings(DJANGO_SSE={"AUTHORIZE": value}):
+        assert ids(checks.check_settings(None)) == ["django_sse.E002"]
+
+
+def test_authorize_by_path_is_fine() -> None:
+    with override_settings(DJANGO_SSE={"AUTHORIZE": "tests.test_views.staff_may_watch"}):
+        assert checks.check_settings(None) == []
+
+
+def test_missing_channel_layer_is_w001() -> None:
+    with override_settings(CHANNEL_LAYERS={}):
+        messages = checks.check_channel_layer(None)
+    assert ids(messages) == ["django_sse.W001"]
+    assert isinstance(messages[0], Warning)
+    with override_settings(DJANGO_SSE={"CHANNEL_LAYER": "events"}):
+        assert ids(checks.check_channel_layer(None)) == ["django_sse.W001"]
+
+
+def test_missing_session_middleware_is_e003() -> None:
+    middleware = [m for m in test_settings.MIDDLEWARE if "SessionMiddleware" not in m]
+    with override_settings(MIDDLEWARE=middleware):
+        assert ids(checks.check_middleware(None)) == ["django_sse.E003"]
+
+
+def test_missing_auth_middleware_is_e004() -> None:
+    middleware = [m for m in test_settings.MIDDLEWARE if "AuthenticationMiddleware" not in m]
+    with override_settings(MIDDLEWARE=middleware):
+        assert ids(checks.check_middleware(None)) == ["django_sse.E004"]
+
+
+def test_middleware_subclasses_count() -> None:
+    middleware = [
+        "tests.middleware.MySessionMiddleware" if "SessionMiddleware" in m else m
+        for m in test_settings.MIDDLEWARE
+    ]
+    with override_settings(MIDDLEWARE=middleware):
+        assert checks.check_middleware(None) == []
+
+
+def test_daphne_missing_is_w002() -> None:
+    apps = [a for a in test_settings.INSTALLED_APPS if a != "daphne"]
+    with override_settings(INSTALLED_APPS=apps):
+        assert ids(checks.check_daphne(None)) == ["django_sse.W002"]
+
+
+def test_daphne_after_staticfiles_is_w003() -> None:
+    apps = [a for a in test_settings.INSTALLED_APPS if a != "daphne"] + ["daphne"]
+    with override_settings(INSTALLED_APPS=apps):
+        assert ids(checks.check_daphne(None)) == ["django_sse.W003"]
+
+
+def test_missing_asgi_application_is_w004() -> None:
+    with override_settings(ASGI_APPLICATION=None):
+        assert ids(checks.check_daphne(None)) == ["django_sse.W004"]
