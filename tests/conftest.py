@@ -31,3 +31,11 @@ async def hub_cleanup() -> AsyncIterator[None]:
     # close the publisher thread's pools too. Their per-process prefix isolates the tests.
     if isinstance(layer, InMemoryChannelLayer):
         await layer.flush()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from django.conf import settings
+
+    engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    layer = settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1]
+    return f"django_sse: database={engine} channel layer={layer}"

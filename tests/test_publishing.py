@@ -67,7 +67,7 @@ def test_job_defaults(user: User) -> None:
 
 
 def test_status_groups_cover_every_status() -> None:
-    assert ACTIVE_STATUSES | FINISHED_STATUSES == set(JobStatus.values)
+    assert set(JobStatus.values) == ACTIVE_STATUSES | FINISHED_STATUSES
     assert not ACTIVE_STATUSES & FINISHED_STATUSES
 
 
