@@ -45,6 +45,9 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "django_sse", "tests", "example_project")
+    session.install("docutils")
+    for document in ("README.rst", "CHANGELOG.rst"):
+        session.run("python", "-m", "docutils", "--halt=warning", document, os.devnull)
 
 
 @nox.session(python=list(MATRIX))

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 SECTIONS = ("orders", "invoices", "refunds", "customers", "shipments")
 DEFAULT_STEPS = 20
+# Seconds between two steps, unless settings.REPORT_STEP_SECONDS says otherwise.
+DEFAULT_STEP_SECONDS = 0.5
 
 
 class ReportError(Exception):
@@ -44,7 +46,7 @@ def run_report(
     """Build the report of job ``job_id`` in ``steps`` steps, failing on purpose at
     ``fail_at_step`` if given (to show what a failure looks like)."""
     job = Job.objects.get(pk=job_id)
-    delay_seconds = settings.REPORT_STEP_SECONDS
+    delay_seconds = float(getattr(settings, "REPORT_STEP_SECONDS", DEFAULT_STEP_SECONDS))
     began = time.monotonic()
     rows_by_section = dict.fromkeys(SECTIONS, 0)
     try:

@@ -14,7 +14,8 @@ from django.views.decorators.http import require_POST, require_safe
 
 from django_sse.exceptions import JobFinished
 from django_sse.models import Job, JobQuerySet
-from example_project.reports.tasks import DEFAULT_STEPS, run_report as run_report_task
+from example_project.reports.tasks import DEFAULT_STEPS
+from example_project.reports.tasks import run_report as run_report_task
 
 logger = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@
     try {
       callback(...args);
     } catch (error) {
+      // Rethrown outside of the event handler, so that it still shows in the console.
       setTimeout(() => {
         throw error;
       });
@@ -54,6 +55,12 @@
     const resolved = new URL(url, document.baseURI);
     resolved.searchParams.set("last_event_id", String(lastEventId));
     return resolved.href;
+  }
+
+  // A custom event may be named "open" or "error", like the connection's own events; only the
+  // server's events carry data (a string, possibly empty).
+  function isServerEvent(event) {
+    return typeof event.data === "string";
   }
 
   function watch(url, options = {}) {
@@ -86,7 +93,7 @@
     }
 
     function handle(type, event) {
-      if (closed) {
+      if (closed || !isServerEvent(event)) {
         return;
       }
       if (event.lastEventId) {
@@ -126,9 +133,6 @@
       source.addEventListener(type, (event) => handle(type, event));
     }
 
-    // A custom event may be named "open" or "error" too; those arrive as MessageEvents.
-    const isServerEvent = (event) => typeof MessageEvent !== "undefined" && event instanceof MessageEvent;
-
     source.addEventListener("open", (event) => {
       if (!closed && !isServerEvent(event)) {
         setState("open");
@@ -161,5 +165,9 @@
     };
   }
 
-  root.DjangoSSE = Object.freeze({ watch, LIFECYCLE_TYPES, TERMINAL_TYPES: [...TERMINAL_TYPES] });
+  root.DjangoSSE = Object.freeze({
+    watch,
+    LIFECYCLE_TYPES: Object.freeze(LIFECYCLE_TYPES),
+    TERMINAL_TYPES: Object.freeze([...TERMINAL_TYPES]),
+  });
 })(window);
