@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,8 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from django_sse.conf import DEFAULTS
+
+_ORIGIN_RE = re.compile(r"\Ahttps?://[^/\s?#]+\Z")
 
 _NUMBERS = {
     "HEARTBEAT_SECONDS": (float, int),
@@ -63,6 +66,18 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
                     id="django_sse.E001",
                 )
             )
+    origins = value.get("CORS_ALLOWED_ORIGINS", [])
+    if not isinstance(origins, (list, tuple, set, frozenset)) or not all(
+        isinstance(o, str) and _ORIGIN_RE.match(o) for o in origins
+    ):
+        errors.append(
+            Error(
+                f"DJANGO_SSE['CORS_ALLOWED_ORIGINS'] must be a list of origins such as "
+                f"'https://app.example.com', not {origins!r}.",
+                hint="An origin is a scheme, a host and an optional port, with no path.",
+                id="django_sse.E001",
+            )
+        )
     authorize = value.get("AUTHORIZE")
     if authorize is not None:
         try:
@@ -174,3 +189,38 @@ def _is_subclass(path: str, base_path: str) -> bool:
     except ImportError:
         return False
     return isinstance(cls, type) and issubclass(cls, base)
+
+
+@register(Tags.compatibility)
+def check_redis_timeout(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    """redis-py 8 gives sockets a 5 s timeout, the core Redis layer blocks 5 s in receive():
+    an idle receive then fails every 5 s (channels_redis issue 422)."""
+    from django_sse.conf import conf
+
+    layer = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(conf.CHANNEL_LAYER) or {}
+    if layer.get("BACKEND") != "channels_redis.core.RedisChannelLayer":
+        return []
+    try:
+        import redis
+    except ImportError:
+        return []
+    if int(redis.__version__.split(".")[0]) < 8:
+        return []
+    hosts = (layer.get("CONFIG") or {}).get("hosts") or ["redis://localhost:6379"]
+    if all(
+        isinstance(h, dict) and "socket_timeout" in h and h["socket_timeout"] is None for h in hosts
+    ):
+        return []
+    return [
+        Warning(
+            f"The Redis channel layer {conf.CHANNEL_LAYER!r} runs on redis-py "
+            f"{redis.__version__}, whose 5 s socket timeout makes idle receive() calls fail.",
+            hint=(
+                'Give every host as a dict with "socket_timeout": None, e.g. '
+                '{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}.'
+            ),
+            id="django_sse.W005",
+        )
+    ]

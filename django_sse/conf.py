@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "CHANNEL_LAYER": "default",
     # Prefix of the channel-layer group names, one group per job.
     "GROUP_PREFIX": "django_sse",
+    # Origins ("https://app.example.com") of other sites' pages allowed to read streams with
+    # the visitor's cookies (CORS). Empty: only pages of this site can.
+    "CORS_ALLOWED_ORIGINS": [],
 }
 
 
@@ -92,6 +95,10 @@ class Settings:
     @property
     def GROUP_PREFIX(self) -> str:
         return str(self._get("GROUP_PREFIX"))
+
+    @property
+    def CORS_ALLOWED_ORIGINS(self) -> frozenset[str]:
+        return frozenset(self._get("CORS_ALLOWED_ORIGINS"))
 
 
 conf = Settings()

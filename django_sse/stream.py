@@ -64,9 +64,11 @@ class JobStream:
             self.last_seq,
         )
         try:
-            subscriber = await hub.subscribe(job_id)
+            # First, so that even a stream cut short by a failure tells the browser when to
+            # come back.
             yield encode_retry(conf.RETRY_MILLISECONDS)
-            async for chunk in self._replay():
+            subscriber = await hub.subscribe(job_id)
+            async for chunk in self._read():
                 yield chunk
             if self.reason == "job finished":
                 return
@@ -116,10 +118,6 @@ class JobStream:
                 yield chunk
             if len(events) < page:
                 return
-
-    async def _replay(self) -> AsyncIterator[bytes]:
-        async for chunk in self._read():
-            yield chunk
 
     async def _live(self, subscriber: Subscriber) -> AsyncIterator[bytes]:
         heartbeat = conf.HEARTBEAT_SECONDS

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import AsyncIterator
 
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
 from django_sse.auth import authorize_stream
+from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
+from django_sse.sse import encode_retry
 from django_sse.stream import JobStream, describe_user
 from django_sse.validation import parse_resume_id
 
@@ -22,6 +27,7 @@ _LOG_VALUE_CHARS = 40
 
 
 def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
+    response["Content-Type"] = CONTENT_TYPE
     response["Cache-Control"] = "no-cache"
     # nginx: pass each event through at once instead of buffering the response.
     response["X-Accel-Buffering"] = "no"
@@ -68,7 +74,19 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         job_uuid = uuid.UUID(job_id)
     except ValueError:
         raise _refuse(request, job_id, "malformed id") from None
-    access = await run_in_db_thread(authorize_stream, request, job_uuid)
+    try:
+        access = await run_in_db_thread(authorize_stream, request, job_uuid)
+    except DatabaseError as exc:
+        # A 5xx would make EventSource give up for good; an empty 200 stream makes it come
+        # back after the retry delay. Nothing about the job is revealed.
+        logger.warning(
+            "Stream of job %s deferred: the database is unreachable (%r); the browser will "
+            "retry in %d ms.",
+            job_uuid,
+            exc,
+            conf.RETRY_MILLISECONDS,
+        )
+        return _allow_origin(request, _stream_headers(StreamingHttpResponse(_retry_later())))
     if access is None:
         raise _refuse(request, job_id, "not allowed")
     job = access.job
@@ -83,8 +101,23 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         resume = 0
     if job.is_finished and resume >= job.last_seq:
         # The documented way to tell EventSource to stop reconnecting.
-        return HttpResponse(status=204)
+        return _allow_origin(request, HttpResponse(status=204))
     if request.method == "HEAD":
-        return _stream_headers(HttpResponse(content_type=CONTENT_TYPE))
+        return _allow_origin(request, _stream_headers(HttpResponse()))
     stream = JobStream(request, access, resume)
-    return _stream_headers(StreamingHttpResponse(stream.events(), content_type=CONTENT_TYPE))
+    return _allow_origin(request, _stream_headers(StreamingHttpResponse(stream.events())))
+
+
+async def _retry_later() -> AsyncIterator[bytes]:
+    yield encode_retry(conf.RETRY_MILLISECONDS)
+
+
+def _allow_origin(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    """CORS for the origins in ``CORS_ALLOWED_ORIGINS`` (with credentials: the stream is
+    authorized by the session cookie). Other origins get no CORS header and cannot read it."""
+    patch_vary_headers(response, ["Origin"])
+    origin = request.headers.get("Origin")
+    if origin and origin in conf.CORS_ALLOWED_ORIGINS:
+        response["Access-Control-Allow-Origin"] = origin
+        response["Access-Control-Allow-Credentials"] = "true"
+    return response

@@ -19,6 +19,7 @@ def test_test_settings_pass_every_check() -> None:
     assert checks.check_channel_layer(None) == []
     assert checks.check_middleware(None) == []
     assert checks.check_daphne(None) == []
+    assert checks.check_redis_timeout(None) == []
 
 
 @pytest.mark.parametrize(
@@ -96,3 +97,54 @@ def test_daphne_after_staticfiles_is_w003() -> None:
 def test_missing_asgi_application_is_w004() -> None:
     with override_settings(ASGI_APPLICATION=None):
         assert ids(checks.check_daphne(None)) == ["django_sse.W004"]
+
+
+@pytest.mark.parametrize(
+    "origins", ["https://a.example", ["https://a.example/path"], ["a.example"], [5]]
+)
+def test_bad_cors_origins_are_e001(origins: object) -> None:
+    with override_settings(DJANGO_SSE={"CORS_ALLOWED_ORIGINS": origins}):
+        messages = checks.check_settings(None)
+    assert ids(messages) == ["django_sse.E001"]
+    assert "CORS_ALLOWED_ORIGINS" in messages[0].msg  # type: ignore[attr-defined]
+
+
+def test_good_cors_origins() -> None:
+    origins = ["https://a.example", "http://127.0.0.1:8001"]
+    with override_settings(DJANGO_SSE={"CORS_ALLOWED_ORIGINS": origins}):
+        assert checks.check_settings(None) == []
+
+
+def _core_layer(hosts: list[object]) -> dict[str, object]:
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": hosts},
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["redis://127.0.0.1:6379/0"],
+        [("127.0.0.1", 6379)],
+        [{"address": "redis://127.0.0.1:6379/0"}],
+        [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": 5}],
+        [{"address": "redis://a:6379", "socket_timeout": None}, "redis://b:6379"],
+    ],
+)
+def test_redis_py_8_socket_timeout_on_the_core_layer_is_w005(hosts: list[object]) -> None:
+    with override_settings(CHANNEL_LAYERS=_core_layer(hosts)):
+        messages = checks.check_redis_timeout(None)
+    assert ids(messages) == ["django_sse.W005"]
+    assert "socket_timeout" in messages[0].hint  # type: ignore[attr-defined]
+
+
+def test_redis_hosts_without_socket_timeout_pass() -> None:
+    hosts = [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
+    with override_settings(CHANNEL_LAYERS=_core_layer(hosts)):
+        assert checks.check_redis_timeout(None) == []
+    pubsub = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer"}}
+    with override_settings(CHANNEL_LAYERS=pubsub):
+        assert checks.check_redis_timeout(None) == []

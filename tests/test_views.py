@@ -462,3 +462,61 @@ async def test_open_streams_hold_no_thread_each(
     assert threading.active_count() - baseline <= 2
     for client in [warm, *clients]:
         await client.disconnect()
+
+
+# -- CORS ------------------------------------------------------------------------------------
+
+
+async def test_no_cors_headers_by_default(hub_cleanup: None, job: Job, owner_key: str) -> None:
+    client = await open_stream(job.pk, owner_key, headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in client.headers
+    assert "Origin" in client.headers["vary"]
+    await client.read_chunk()
+    await client.disconnect()
+
+
+@override_settings(DJANGO_SSE={"CORS_ALLOWED_ORIGINS": ["http://app.example:8001"]})
+async def test_cors_for_an_allowed_origin_only(hub_cleanup: None, job: Job, owner_key: str) -> None:
+    allowed = await open_stream(job.pk, owner_key, headers={"Origin": "http://app.example:8001"})
+    assert allowed.headers["access-control-allow-origin"] == "http://app.example:8001"
+    assert allowed.headers["access-control-allow-credentials"] == "true"
+    await allowed.read_chunk()
+    await allowed.disconnect()
+    other = await open_stream(job.pk, owner_key, headers={"Origin": "http://app.example:8002"})
+    assert "access-control-allow-origin" not in other.headers
+    await other.read_chunk()
+    await other.disconnect()
+
+
+# -- the database is unreachable -------------------------------------------------------------
+
+
+async def test_unreachable_database_at_open_gives_a_stream_that_asks_to_retry(
+    hub_cleanup: None, job: Job, owner_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("django_sse.views.authorize_stream", unreachable)
+    client = await open_stream(job.pk, owner_key)
+    assert client.status == 200
+    assert client.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert await client.read_to_end() == b"retry: 3000\n\n"
+
+
+async def test_database_failure_during_replay_ends_the_stream_after_retry(
+    hub_cleanup: None, job: Job, owner_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    await apublish_in_thread(job, "step")
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr("django_sse.stream.fetch_events", unreachable)
+    client = await open_stream(job.pk, owner_key)
+    assert client.status == 200
+    assert await client.read_to_end() == b"retry: 3000\n\n"
