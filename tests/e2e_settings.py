@@ -10,9 +10,11 @@ apart). The ``django_sse`` logger prints INFO to stderr so the tests can read th
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from tests.settings import *  # noqa: F403
 from tests.settings import CHANNEL_LAYERS, DATABASES
+from tests.settings import DJANGO_SSE as _BASE_SSE
 
 _db = os.environ.get("DJANGO_SSE_E2E_DB", "")
 if not _db:
@@ -21,13 +23,14 @@ if not _db:
 DATABASES["default"]["NAME"] = _db
 DATABASES["default"].pop("TEST", None)
 
-_layer = CHANNEL_LAYERS["default"]
-if "CONFIG" in _layer:
-    _layer["CONFIG"]["prefix"] = os.environ.get("DJANGO_SSE_E2E_PREFIX", "django_sse_e2e")
+_layer_config: Any = CHANNEL_LAYERS["default"].get("CONFIG")
+if _layer_config is not None:
+    _layer_config["prefix"] = os.environ.get("DJANGO_SSE_E2E_PREFIX", "django_sse_e2e")
 
 DJANGO_SSE = {
+    **_BASE_SSE,
     "POLL_SECONDS": float(os.environ.get("DJANGO_SSE_E2E_POLL_SECONDS", "0.2")),
-    "HEARTBEAT_SECONDS": 15,
+    "HEARTBEAT_SECONDS": float(os.environ.get("DJANGO_SSE_E2E_HEARTBEAT_SECONDS", "15")),
 }
 
 LOGGING = {
@@ -35,7 +38,11 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "plain"}
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "plain",
+        }
     },
     "loggers": {"django_sse": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
 }

@@ -1,8 +1,11 @@
-"""Helper processes of ``test_e2e_daphne.py``; run with ``DJANGO_SETTINGS_MODULE=tests.e2e_settings``.
+"""Helper processes of ``test_e2e_daphne.py`` (``DJANGO_SETTINGS_MODULE=tests.e2e_settings``).
 
 ``python -m tests.e2e_tool setup --jobs N``
     Migrate the shared database, create an owner and another user, a logged-in session for
     each, and N pending jobs of the owner; print them as one JSON object.
+
+``python -m tests.e2e_tool logout SESSION_KEY``
+    Delete a session, as a logout elsewhere would.
 
 ``python -m tests.e2e_tool publish JOB_ID --steps N --interval S``
     Publish a job from this separate process: ``job.start()``, N ``step`` events (with their
@@ -53,9 +56,18 @@ def setup(jobs: int) -> dict[str, Any]:
     job_ids = [str(Job.objects.create(owner=owner, name=f"e2e {i}").pk) for i in range(jobs)]
     return {
         "owner_session": _session_for(owner),
+        "owner_session_to_revoke": _session_for(owner),
         "other_session": _session_for(other),
         "jobs": job_ids,
     }
+
+
+def logout(session_key: str) -> None:
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore(session_key)
+    assert session.exists(session_key), f"no session {session_key}"
+    session.delete()
 
 
 def _report(event: Any) -> None:
@@ -86,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     publish_cmd.add_argument("job_id")
     publish_cmd.add_argument("--steps", type=int, default=5)
     publish_cmd.add_argument("--interval", type=float, default=0.1)
+    logout_cmd = commands.add_parser("logout")
+    logout_cmd.add_argument("session_key")
     args = parser.parse_args(argv)
     _setup_django()
     if args.command == "setup":
         sys.stdout.write(json.dumps(setup(args.jobs)) + "\n")
+    elif args.command == "logout":
+        logout(args.session_key)
     else:
         publish_job(args.job_id, args.steps, args.interval)
     return 0

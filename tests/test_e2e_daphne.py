@@ -45,13 +45,33 @@ USE_POSTGRES = DATABASE_URL.startswith("postgres")
 # With Redis the poll is slowed down so that only the layer can deliver within the deadline.
 POLL_SECONDS = 30.0 if REDIS_URL else 0.2
 MAX_LATENCY = 1.5 if REDIS_URL else 3.0
+# Short, so that heartbeats and the session re-check they carry can be seen in a test.
+HEARTBEAT_SECONDS = 2.0
+# Longer than redis-py 8's default socket timeout (5 s), which must not cut an idle receive.
+IDLE_SECONDS = 6.0
 SESSION_COOKIE = "sessionid"
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 IDLE_STREAMS = 30
 CLEANUP_STREAMS = 5
-# Jobs made by the setup process: 0 and 1 are published, then idle ones for the other tests.
-JOB_COUNT = 2 + IDLE_STREAMS + CLEANUP_STREAMS + 1
-SERVER_ERRORS = re.compile(r"Traceback|\bERROR\b|CRITICAL|took too long to shut down")
+
+
+class Jobs:
+    """Indexes of the jobs made by the setup process; each test has its own."""
+
+    PUBLISHED = 0
+    RESUMED = 1
+    IDLE_THEN_PUBLISHED = 2
+    REVOKED = 3
+    REFUSALS = 4
+    IDLE = slice(5, 5 + IDLE_STREAMS)
+    CLEANUP = slice(5 + IDLE_STREAMS, 5 + IDLE_STREAMS + CLEANUP_STREAMS)
+    COUNT = 5 + IDLE_STREAMS + CLEANUP_STREAMS
+
+
+# Anything django_sse warns about is unexpected in these scenarios.
+SERVER_ERRORS = re.compile(
+    r"Traceback|\bERROR\b|CRITICAL|took too long to shut down|WARNING django_sse"
+)
 
 T = TypeVar("T")
 
@@ -78,6 +98,16 @@ def free_port() -> int:
 
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def settled_thread_count(pid: int, at_most: int, timeout: float) -> int:
+    """The thread count once it is ``at_most`` or less, or after ``timeout`` (threads of
+    released executors exit a moment after the stream lets them go)."""
+    wait_until(lambda: thread_count(pid) <= at_most, timeout)
+    return thread_count(pid)
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc")
 
 
 def fds_to(pid: int, path: str) -> int:
@@ -126,6 +156,7 @@ class E2E:
     env: dict[str, str]
     db_name: str  # the SQLite file, or the PostgreSQL database name
     owner_session: str
+    owner_session_to_revoke: str
     other_session: str
     jobs: list[str]
 
@@ -167,12 +198,20 @@ def e2e() -> Iterator[E2E]:
         DJANGO_SSE_E2E_DB=db_name,
         DJANGO_SSE_E2E_PREFIX=f"django_sse_e2e_{run_id}",
         DJANGO_SSE_E2E_POLL_SECONDS=str(POLL_SECONDS),
+        DJANGO_SSE_E2E_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
         PYTHONUNBUFFERED="1",
     )
     try:
-        made = json.loads(_run_tool(env, "setup", "--jobs", str(JOB_COUNT)))
-        yield E2E(env, db_name, made["owner_session"], made["other_session"], made["jobs"])
+        made = json.loads(_run_tool(env, "setup", "--jobs", str(Jobs.COUNT)))
+        yield E2E(
+            env,
+            db_name,
+            made["owner_session"],
+            made["owner_session_to_revoke"],
+            made["other_session"],
+            made["jobs"],
+        )
     finally:
         if USE_POSTGRES:
             from psycopg import sql
@@ -245,8 +284,16 @@ def server(e2e: E2E) -> Iterator[Server]:
     log_path = log_dir / "daphne.log"
     with open(log_path, "wb") as log, open(log_dir / "access.log", "wb") as access:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "tests.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "tests.asgi:application",
+            ],
             cwd=ROOT,
             env=e2e.env,
             stdin=subprocess.DEVNULL,
@@ -280,8 +327,17 @@ def spawn(e2e: E2E) -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
     def start(job_id: str, steps: int, interval: float) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.e2e_tool", "publish", job_id,
-             "--steps", str(steps), "--interval", str(interval)],
+            [
+                sys.executable,
+                "-m",
+                "tests.e2e_tool",
+                "publish",
+                job_id,
+                "--steps",
+                str(steps),
+                "--interval",
+                str(interval),
+            ],
             cwd=ROOT,
             env=e2e.env,
             stdin=subprocess.DEVNULL,
@@ -319,7 +375,7 @@ class Stream:
     """One streaming GET, read chunk by chunk with the WHATWG parser."""
 
     response: httpx.Response
-    close_response: Callable[[], None]
+    close_response: Callable[[], object]
     parser: Parser = field(default_factory=Parser)
     raw: bytes = b""
     arrivals: dict[int, float] = field(default_factory=dict)
@@ -363,13 +419,18 @@ class Stream:
     def read_to_end(self, timeout: float) -> None:
         self.read_until(lambda: self.ended, timeout, "end of the stream")
 
-    def abort(self) -> None:
-        """Cut the connection abruptly: a TCP reset instead of an orderly close."""
+    def abort(self) -> bool:
+        """Cut the connection abruptly: a TCP reset instead of an orderly close. Returns
+        whether the reset could be arranged (else the connection is just closed)."""
         network_stream = self.response.extensions.get("network_stream")
         sock = network_stream.get_extra_info("socket") if network_stream is not None else None
-        assert sock is not None, "cannot reach the client socket"
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset = False
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                reset = True
         self.close()
+        return reset
 
     def close(self) -> None:
         self.close_response()
@@ -396,6 +457,17 @@ def open_stream(
     return Stream(response, lambda: context.__exit__(None, None, None))
 
 
+def request_head(
+    http: httpx.Client, method: str, url: str, headers: dict[str, str]
+) -> httpx.Response:
+    """Status and headers of a request; an event stream's endless body is not read."""
+    with http.stream(method, url, headers=headers) as response:
+        stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        if method == "HEAD" or not stream:
+            response.read()
+    return response
+
+
 # -- the tests --------------------------------------------------------------------------------
 
 
@@ -403,10 +475,12 @@ def test_job_published_from_another_process_streams_in_order(
     server: Server, e2e: E2E, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
     offset = server.log_offset()
-    job_id = e2e.jobs[0]
+    job_id = e2e.jobs[Jobs.PUBLISHED]
     steps = 8
     with client() as http:
         stream = open_stream(http, server.url(job_id), server.owner_session)
+        # The same job in a second tab: read after the first, from what the socket buffered.
+        second_tab = open_stream(http, server.url(job_id), server.owner_session)
         try:
             response = stream.response
             assert response.status_code == 200
@@ -418,12 +492,18 @@ def test_job_published_from_another_process_streams_in_order(
             # Plain text on the wire although the client accepts gzip.
             assert stream.raw.startswith(b"retry: ")
             assert stream.parser.events == []
+            assert second_tab.response.status_code == 200
+            second_tab.read_first_chunk()
 
             publisher = spawn(job_id, steps=steps, interval=0.1)
             stream.read_to_end(timeout=30)
+            second_tab.read_to_end(timeout=10)
         finally:
             stream.close()
+            second_tab.close()
     published = published_times(publisher)
+    # Heartbeats may differ between the two; the events may not.
+    assert second_tab.parser.events == stream.parser.events
 
     total = steps + 2
     assert sorted(published) == list(range(1, total + 1))
@@ -448,7 +528,7 @@ def test_resume_after_abrupt_disconnect(
     server: Server, e2e: E2E, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
     offset = server.log_offset()
-    job_id = e2e.jobs[1]
+    job_id = e2e.jobs[Jobs.RESUMED]
     steps = 20
     total = steps + 2
     with client() as http:
@@ -458,8 +538,10 @@ def test_resume_after_abrupt_disconnect(
             first.read_first_chunk()
             publisher = spawn(job_id, steps=steps, interval=0.1)
             first.read_until(lambda: len(first.parser.events) >= 5, 20, "5 events")
-        finally:
-            first.abort()
+        except BaseException:
+            first.close()
+            raise
+        assert first.abort(), "could not reset the connection"
         cut_at = time.time()
         assert first.seqs == list(range(1, len(first.seqs) + 1))
         last_id = first.parser.events[-1].last_event_id
@@ -489,8 +571,10 @@ def test_resume_after_abrupt_disconnect(
         # The finished job, resumed from its last event: "stop reconnecting".
         done = http.get(
             server.url(job_id),
-            headers={"Cookie": f"{SESSION_COOKIE}={server.owner_session}",
-                     "Last-Event-ID": str(total)},
+            headers={
+                "Cookie": f"{SESSION_COOKIE}={server.owner_session}",
+                "Last-Event-ID": str(total),
+            },
         )
         assert done.status_code == 204
         assert done.content == b""
@@ -510,9 +594,10 @@ def test_resume_after_abrupt_disconnect(
     server.assert_no_errors(offset)
 
 
+@needs_proc
 def test_idle_streams_hold_no_thread_and_no_connection(server: Server, e2e: E2E) -> None:
     offset = server.log_offset()
-    jobs = e2e.jobs[2 : 2 + IDLE_STREAMS]
+    jobs = e2e.jobs[Jobs.IDLE]
     # The server is idle: let any thread of an earlier request finish.
     time.sleep(0.5)
     baseline = thread_count(server.pid)
@@ -528,13 +613,14 @@ def test_idle_streams_hold_no_thread_and_no_connection(server: Server, e2e: E2E)
                     assert stream.response.status_code == 200
                 for stream in streams:
                     stream.read_first_chunk()
-                # Executors released by the streams may take a moment to exit.
-                threads = wait_until(
-                    lambda: (n := thread_count(server.pid)) <= baseline + 5 and n, timeout=3
-                ) or thread_count(server.pid)
+                threads = settled_thread_count(server.pid, baseline + 5, timeout=3)
                 counts[len(streams)] = (threads, e2e.db_connections(server.pid))
-            print(f"threads: baseline {baseline}, with 10/30 streams {counts[10][0]}/{counts[30][0]}")
-            print(f"db connections: baseline {db_baseline}, 10/30 streams {counts[10][1]}/{counts[30][1]}")
+            print(f"threads: baseline {baseline}, 10/30 streams {counts[10][0]}/{counts[30][0]}")
+            print(
+                f"db connections: baseline {db_baseline}, 10/30 streams",
+                counts[10][1],
+                counts[30][1],
+            )
             assert all(not s.ended for s in streams)
             assert counts[30][0] - baseline <= 5, (baseline, counts)
             assert counts[30][0] - counts[10][0] <= 3, (baseline, counts)
@@ -550,14 +636,16 @@ def test_idle_streams_hold_no_thread_and_no_connection(server: Server, e2e: E2E)
         return all(f"Stream closed: job={job_id} " in log for job_id in jobs)
 
     assert wait_until(all_closed, timeout=5), server.log(offset)
-    after = wait_until(lambda: (n := thread_count(server.pid)) <= baseline + 2 and n, timeout=5)
-    assert after, (baseline, thread_count(server.pid))
+    after = settled_thread_count(server.pid, baseline + 2, timeout=5)
+    print(f"threads after closing: {after}")
+    assert after <= baseline + 2, (baseline, after)
     assert e2e.db_connections(server.pid) <= 2
     server.assert_no_errors(offset)
 
 
+@needs_proc
 def test_server_cleans_up_promptly_after_disconnect(server: Server, e2e: E2E) -> None:
-    jobs = e2e.jobs[2 + IDLE_STREAMS : 2 + IDLE_STREAMS + CLEANUP_STREAMS]
+    jobs = e2e.jobs[Jobs.CLEANUP]
     offset = server.log_offset()
     time.sleep(0.3)
     baseline = thread_count(server.pid)
@@ -573,12 +661,14 @@ def test_server_cleans_up_promptly_after_disconnect(server: Server, e2e: E2E) ->
                 assert f"Stream closed: job={job_id} " not in opened
         finally:
             # Half end with a reset, half with an orderly close.
+            resets = 0
             for index, stream in enumerate(streams):
                 if index % 2:
-                    stream.abort()
+                    resets += stream.abort()
                 else:
                     stream.close()
         left_at = time.monotonic()
+        assert resets == len(streams) // 2
 
         def closed() -> list[str]:
             log = server.log(offset)
@@ -594,13 +684,14 @@ def test_server_cleans_up_promptly_after_disconnect(server: Server, e2e: E2E) ->
         assert line is not None
         assert line.group(1) == "0"
         assert line.group(2) == "client went away"
-    assert wait_until(lambda: thread_count(server.pid) <= baseline + 2, timeout=3)
+    after = settled_thread_count(server.pid, baseline + 2, timeout=3)
+    assert after <= baseline + 2, (baseline, after)
     server.assert_no_errors(offset)
 
 
 def test_refusals(server: Server, e2e: E2E) -> None:
     offset = server.log_offset()
-    job_id = e2e.jobs[-1]
+    job_id = e2e.jobs[Jobs.REFUSALS]
     owner = {"Cookie": f"{SESSION_COOKIE}={server.owner_session}"}
     other = {"Cookie": f"{SESSION_COOKIE}={server.other_session}"}
     with client() as http:
@@ -613,26 +704,75 @@ def test_refusals(server: Server, e2e: E2E) -> None:
             allowed.close()
 
         for headers in (other, {}):
-            refused = http.get(server.url(job_id), headers=headers)
+            refused = request_head(http, "GET", server.url(job_id), headers)
             assert refused.status_code == 404
             assert not refused.headers.get("content-type", "").startswith("text/event-stream")
         for bad in ("not-a-uuid", "123", str(uuid.uuid4())):
-            assert http.get(server.url(bad), headers=owner).status_code == 404
+            assert request_head(http, "GET", server.url(bad), owner).status_code == 404
 
-        # A POST that passes CSRF reaches the view, which allows GET and HEAD only.
-        token = secrets.token_urlsafe(24)[:32]
-        token = re.sub(r"[^A-Za-z0-9]", "a", token)
-        posted = http.post(
-            server.url(job_id),
-            headers={
-                "Cookie": f"{SESSION_COOKIE}={server.owner_session}; csrftoken={token}",
-                "X-CSRFToken": token,
-            },
-        )
-        assert posted.status_code == 405
-        assert set(posted.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
-        # Without a CSRF token the middleware refuses first; no stream either way.
-        assert http.post(server.url(job_id), headers=owner).status_code in (403, 405)
+        head = request_head(http, "HEAD", server.url(job_id), owner)
+        assert head.status_code == 200
+        assert head.headers["content-type"] == CONTENT_TYPE
+        assert head.content == b""
+
+        # GET and HEAD only (no CSRF token: the view is exempt, there is nothing to protect).
+        for method in ("POST", "PUT", "DELETE"):
+            refused = request_head(http, method, server.url(job_id), owner)
+            assert refused.status_code == 405
+            assert set(refused.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
     log = server.log(offset)
     assert "Stream refused" in log
+    server.assert_no_errors(offset)
+
+
+def test_idle_stream_gets_heartbeats_then_events(
+    server: Server, e2e: E2E, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """Idle longer than redis-py's default socket timeout, then events still arrive promptly."""
+    offset = server.log_offset()
+    job_id = e2e.jobs[Jobs.IDLE_THEN_PUBLISHED]
+    with client() as http:
+        stream = open_stream(http, server.url(job_id), server.owner_session)
+        try:
+            assert stream.response.status_code == 200
+            stream.read_first_chunk()
+            idle_until = time.monotonic() + IDLE_SECONDS
+            stream.read_until(lambda: time.monotonic() >= idle_until, IDLE_SECONDS + 5, "idle time")
+            assert stream.parser.events == []
+            # One ": ping" every HEARTBEAT_SECONDS, with no id.
+            assert stream.parser.comments.count("ping") >= int(IDLE_SECONDS / HEARTBEAT_SECONDS) - 1
+            assert stream.parser.last_event_id == ""
+            publisher = spawn(job_id, steps=3, interval=0.05)
+            stream.read_to_end(timeout=20)
+        finally:
+            stream.close()
+    published = published_times(publisher)
+    assert stream.seqs == [1, 2, 3, 4, 5]
+    lags = {seq: round(stream.arrivals[seq] - t, 3) for seq, t in published.items()}
+    assert max(lags.values()) <= MAX_LATENCY, lags
+    server.assert_no_errors(offset)
+
+
+def test_stream_ends_when_the_session_is_revoked(server: Server, e2e: E2E) -> None:
+    offset = server.log_offset()
+    job_id = e2e.jobs[Jobs.REVOKED]
+    session = e2e.owner_session_to_revoke
+    with client() as http:
+        stream = open_stream(http, server.url(job_id), session)
+        try:
+            assert stream.response.status_code == 200
+            stream.read_first_chunk()
+            _run_tool(e2e.env, "logout", session)
+            logged_out = time.monotonic()
+            stream.read_to_end(timeout=2 * HEARTBEAT_SECONDS + 5)
+            ended_after = time.monotonic() - logged_out
+        finally:
+            stream.close()
+        assert ended_after <= 2 * HEARTBEAT_SECONDS + 1
+        assert stream.parser.events == []
+        # The browser reconnects: the dead session owns nothing.
+        cookie = {"Cookie": f"{SESSION_COOKIE}={session}"}
+        assert request_head(http, "GET", server.url(job_id), cookie).status_code == 404
+    log = server.log(offset)
+    assert re.search(rf"Stream closed: job={job_id} .*reason=access revoked", log), log
     server.assert_no_errors(offset)
