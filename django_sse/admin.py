@@ -46,6 +46,7 @@ class JobAdmin(_JobAdminBase):
         "created_at",
         "updated_at",
         "finished_at",
+        "cancel_requested_at",
     )
     list_filter = ("status", "created_at")
     search_fields = ("id", "name", "owner__username", "message")
@@ -65,6 +66,7 @@ class JobAdmin(_JobAdminBase):
         "created_at",
         "updated_at",
         "finished_at",
+        "cancel_requested_at",
     )
     raw_id_fields = ("owner",)
     inlines = (JobEventInline,)

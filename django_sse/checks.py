@@ -19,6 +19,8 @@ _NUMBERS = {
     "HEARTBEAT_SECONDS": (float, int),
     "POLL_SECONDS": (float, int),
     "PROGRESS_INTERVAL_SECONDS": (float, int),
+    "CANCEL_CHECK_SECONDS": (float, int),
+    "RETENTION_DAYS": (float, int),
     "RETRY_MILLISECONDS": (int,),
     "MAX_DATA_BYTES": (int,),
     "REPLAY_PAGE_SIZE": (int,),

@@ -32,6 +32,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_DATA_BYTES": 64 * 1024,
     # Progress updates of one job closer together than this are coalesced (in seconds).
     "PROGRESS_INTERVAL_SECONDS": 0.25,
+    # A task's cancel_requested() reads the database at most this often per job (seconds).
+    "CANCEL_CHECK_SECONDS": 1.0,
+    # Default age of finished jobs that "manage.py django_sse_prune" deletes, in days.
+    "RETENTION_DAYS": 30,
     # Events read from the database per query when a stream replays history.
     "REPLAY_PAGE_SIZE": 500,
     # Optional callable (or dotted path to one) "(request, job) -> bool" that grants access to
@@ -76,6 +80,14 @@ class Settings:
     @property
     def PROGRESS_INTERVAL_SECONDS(self) -> float:
         return float(self._get("PROGRESS_INTERVAL_SECONDS"))
+
+    @property
+    def CANCEL_CHECK_SECONDS(self) -> float:
+        return float(self._get("CANCEL_CHECK_SECONDS"))
+
+    @property
+    def RETENTION_DAYS(self) -> float:
+        return float(self._get("RETENTION_DAYS"))
 
     @property
     def REPLAY_PAGE_SIZE(self) -> int:

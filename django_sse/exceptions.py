@@ -22,3 +22,8 @@ class EventDataTooLarge(SSEError, ValueError):
 
 class JobFinished(SSEError):
     """The job has already ended (succeeded, failed or cancelled) and takes no more events."""
+
+
+class CancelRequested(SSEError):
+    """Raised by ``job.raise_if_cancel_requested()`` inside a task; ``tracks_job`` turns it into
+    a ``cancelled`` job."""

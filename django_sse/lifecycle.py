@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 
 from django_sse import publishing as _publish
+from django_sse.cancellation import cancel_check
+from django_sse.exceptions import CancelRequested
 
 if TYPE_CHECKING:
     from django_sse.models import JobEvent
@@ -33,6 +35,25 @@ class JobLifecycleMixin:
     def flush_progress(self) -> JobEvent | None:
         """Write coalesced progress now, if any is pending."""
         return _publish.flush_progress(self)  # type: ignore[arg-type]
+
+    def request_cancel(self) -> JobEvent:
+        """Ask the job's task to stop: sets ``cancel_requested_at`` and records a
+        ``cancel_requested`` event. The job ends only when its task calls ``cancel()``."""
+        from django.utils import timezone
+
+        entry = _publish.Entry("cancel_requested", {}, {"cancel_requested_at": timezone.now()})
+        return _publish.record(self, [entry])[-1]  # type: ignore[arg-type]
+
+    def cancel_requested(self) -> bool:
+        """Whether a cancel was asked for. Cheap enough for every iteration of a loop: the
+        database is read at most once per ``CANCEL_CHECK_SECONDS``."""
+        return cancel_check.requested(self.pk)  # type: ignore[attr-defined]
+
+    def raise_if_cancel_requested(self) -> None:
+        """Raise ``CancelRequested`` if a cancel was asked for (``tracks_job`` then ends the
+        job as ``cancelled``)."""
+        if self.cancel_requested():
+            raise CancelRequested(f"Job {self.pk} was asked to stop.")  # type: ignore[attr-defined]
 
     def succeed(self, result: Any = None) -> JobEvent:
         """End the job with ``result`` and record a ``succeeded`` event."""
@@ -60,6 +81,12 @@ class JobLifecycleMixin:
 
     async def aflush_progress(self) -> JobEvent | None:
         return await sync_to_async(self.flush_progress)()
+
+    async def arequest_cancel(self) -> JobEvent:
+        return await sync_to_async(self.request_cancel)()
+
+    async def acancel_requested(self) -> bool:
+        return await sync_to_async(self.cancel_requested)()
 
     async def asucceed(self, result: Any = None) -> JobEvent:
         return await sync_to_async(self.succeed)(result)

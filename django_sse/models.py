@@ -88,6 +88,8 @@ class Job(lifecycle.JobLifecycleMixin, models.Model):
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    # Set by request_cancel(); the task notices it with cancel_requested() and stops.
+    cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
 
     objects: ClassVar[JobQuerySet] = JobQuerySet.as_manager()  # type: ignore[assignment]
 

@@ -22,6 +22,7 @@ from django.db import router, transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
+from django_sse.cancellation import cancel_check
 from django_sse.conf import conf
 from django_sse.exceptions import JobFinished
 from django_sse.throttle import Progress, progress_throttle
@@ -122,6 +123,7 @@ def record(job: Job | uuid.UUID | str, entries: Sequence[Entry]) -> list[JobEven
         )
     if any(e.type in TERMINAL_TYPES for e in all_entries):
         progress_throttle.forget(job_id)
+        cancel_check.forget(job_id)
     if isinstance(job, Job):
         for name, value in updates.items():
             if not hasattr(value, "resolve_expression"):

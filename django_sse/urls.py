@@ -8,4 +8,5 @@ app_name = "django_sse"
 
 urlpatterns = [
     path("jobs/<str:job_id>/events/", views.job_events, name="job-events"),
+    path("jobs/<str:job_id>/cancel/", views.job_cancel, name="job-cancel"),
 ]

@@ -13,7 +13,9 @@ from django_sse.exceptions import EventDataNotSerializable, EventDataTooLarge, I
 
 # Letters, digits, "_", "-", "." only: no CR, LF, NUL, space or colon can reach the wire.
 EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
-LIFECYCLE_TYPES = frozenset({"started", "progress", "succeeded", "failed", "cancelled"})
+LIFECYCLE_TYPES = frozenset(
+    {"started", "progress", "cancel_requested", "succeeded", "failed", "cancelled"}
+)
 TERMINAL_TYPES = frozenset({"succeeded", "failed", "cancelled"})
 # A resume id longer than this is not one we ever sent (seq is a 64-bit integer).
 MAX_RESUME_ID_DIGITS = 19
@@ -28,7 +30,8 @@ def validate_event_type(event: object, *, allow_lifecycle: bool = False) -> str:
     if not allow_lifecycle and event in LIFECYCLE_TYPES:
         raise InvalidEventType(
             f"The event type {event!r} is reserved for the job's lifecycle; call "
-            f"job.start(), job.set_progress(), job.succeed(), job.fail() or job.cancel()."
+            f"job.start(), job.set_progress(), job.request_cancel(), job.succeed(), job.fail() "
+            f"or job.cancel()."
         )
     return event
 

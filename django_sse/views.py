@@ -7,14 +7,22 @@ import uuid
 from collections.abc import AsyncIterator
 
 from django.db import DatabaseError
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_safe
+from django.views.decorators.http import require_POST, require_safe
 
 from django_sse.auth import authorize_stream
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
+from django_sse.exceptions import JobFinished
 from django_sse.sse import encode_retry
 from django_sse.stream import JobStream, describe_user
 from django_sse.validation import parse_resume_id
@@ -121,3 +129,25 @@ def _allow_origin(request: HttpRequest, response: HttpResponseBase) -> HttpRespo
         response["Access-Control-Allow-Origin"] = origin
         response["Access-Control-Allow-Credentials"] = "true"
     return response
+
+
+@require_POST
+def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
+    """Ask a job to stop (CSRF-protected; same authorization and same 404 as the stream).
+
+    ``202`` with ``{"status": "cancel_requested"}``, or ``409`` with ``{"error": ...}`` when
+    the job has already ended.
+    """
+    try:
+        job_uuid = uuid.UUID(job_id)
+    except ValueError:
+        raise _refuse(request, job_id, "malformed id") from None
+    access = authorize_stream(request, job_uuid)
+    if access is None:
+        raise _refuse(request, job_id, "not allowed")
+    try:
+        access.job.request_cancel()
+    except JobFinished:
+        return JsonResponse({"error": "The job has already ended."}, status=409)
+    logger.info("Cancel requested: job=%s user=%s", job_uuid, describe_user(access.user))
+    return JsonResponse({"status": "cancel_requested"}, status=202)

@@ -1,0 +1,70 @@
+"""Print a job's events as they are recorded, with a progress bar (for debugging)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_sse.queries import fetch_events
+from django_sse.validation import TERMINAL_TYPES
+
+BAR_WIDTH = 30
+
+
+def progress_bar(data: Any) -> str:
+    if not isinstance(data, dict):
+        return ""
+    current, total = data.get("current"), data.get("total")
+    message = data.get("message") or ""
+    if isinstance(current, int) and isinstance(total, int) and total > 0:
+        done = min(BAR_WIDTH, BAR_WIDTH * current // total)
+        percent = min(100, 100 * current // total)
+        return f"[{'#' * done}{'.' * (BAR_WIDTH - done)}] {percent:3d}% {current}/{total} {message}"
+    return f"{current} {message}".strip()
+
+
+class Command(BaseCommand):
+    help = "Print the events of a job as they are recorded, until it ends (Ctrl-C stops)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("job_id", help="The job's UUID.")
+        parser.add_argument("--after", type=int, default=0, help="Start after this event id.")
+        parser.add_argument(
+            "--interval", type=float, default=0.5, help="Seconds between database reads."
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=None, help="Give up after this many seconds."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from django_sse.models import Job
+
+        try:
+            job = Job.objects.get(pk=uuid.UUID(options["job_id"]))
+        except (ValueError, Job.DoesNotExist):
+            raise CommandError(f"No job {options['job_id']!r}.") from None
+        self.stdout.write(f"Job {job.pk} {job.name!r}: {job.status}")
+        last = options["after"]
+        deadline = None if options["timeout"] is None else time.monotonic() + options["timeout"]
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                events = fetch_events(job.pk, last, limit=500)
+                for event in events:
+                    last = event.seq
+                    line = f"#{event.seq} {event.type}"
+                    if event.type == "progress":
+                        line += " " + progress_bar(json.loads(event.data))
+                    elif event.data not in ("null", "{}"):
+                        line += f" {event.data}"
+                    self.stdout.write(line)
+                    if event.type in TERMINAL_TYPES:
+                        return
+                if not events:
+                    time.sleep(options["interval"])
+        except KeyboardInterrupt:
+            return
+        raise CommandError(f"Gave up after {options['timeout']} s; the job has not ended.")

@@ -1,0 +1,163 @@
+"""Running a job from a task: Celery, Django's task framework, a thread, anything.
+
+``tracks_job`` wraps a function whose first argument is the job (or its id). The job is
+started, succeeds with the return value, fails on an exception (the traceback is logged; the
+browser gets a safe message) and is cancelled when the function raises ``CancelRequested``
+(``job.raise_if_cancel_requested()``)::
+
+    @shared_task                      # or Django's @task
+    @tracks_job
+    def build_report(job, month):
+        for i, row in enumerate(rows(month), 1):
+            job.raise_if_cancel_requested()
+            job.set_progress(i, total)
+        return {"rows": total}
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+
+from asgiref.sync import sync_to_async
+
+from django_sse.exceptions import CancelRequested, JobFinished
+from django_sse.publishing import job_id_of
+
+if TYPE_CHECKING:
+    from django_sse.models import Job
+
+logger = logging.getLogger("django_sse")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_ERROR_MESSAGE = "The job failed."
+
+
+def _load(job: Job | uuid.UUID | str) -> Job:
+    from django_sse.models import Job
+
+    return job if isinstance(job, Job) else Job.objects.get(pk=job_id_of(job))
+
+
+def _begin(job: Job) -> bool:
+    """Start the job; False if it ended before the task ran (cancelled while queued)."""
+    if job.is_finished:
+        logger.info("Job %s had already %s; its task does nothing.", job.pk, job.status)
+        return False
+    if job.status == "pending":
+        try:
+            job.start()
+        except JobFinished:
+            return False
+    return True
+
+
+def _end(job: Job, outcome: str, value: Any, error_message: str) -> None:
+    try:
+        if outcome == "succeeded":
+            job.succeed(value)
+        elif outcome == "cancelled":
+            job.cancel()
+        else:
+            job.fail(error_message)
+    except JobFinished:
+        pass  # the function ended the job itself
+
+
+class _Decorator(Protocol):
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[Job, P], Coroutine[Any, Any, R]]
+    ) -> Callable[Concatenate[Job | uuid.UUID | str, P], Coroutine[Any, Any, R | None]]: ...
+
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[Job, P], R]
+    ) -> Callable[Concatenate[Job | uuid.UUID | str, P], R | None]: ...
+
+
+@overload
+def tracks_job(
+    func: Callable[Concatenate[Job, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Job | uuid.UUID | str, P], Coroutine[Any, Any, R | None]]: ...
+
+
+@overload
+def tracks_job(
+    func: Callable[Concatenate[Job, P], R],
+) -> Callable[Concatenate[Job | uuid.UUID | str, P], R | None]: ...
+
+
+@overload
+def tracks_job(
+    func: None = None, *, error_message: str = ..., reraise: bool = ...
+) -> _Decorator: ...
+
+
+def tracks_job(
+    func: Callable[..., Any] | None = None,
+    *,
+    error_message: str = DEFAULT_ERROR_MESSAGE,
+    reraise: bool = True,
+) -> Any:
+    """Decorate a task function whose first argument is the job.
+
+    ``error_message`` is what the browser sees when the function raises (never the exception
+    text, which may hold secrets). ``reraise`` (default True) lets the exception reach the task
+    framework, so it records the task as failed too. Async functions work the same way.
+    """
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def async_wrapper(job: Any, *args: Any, **kwargs: Any) -> Any:
+                loaded = await sync_to_async(_load)(job)
+                if not await sync_to_async(_begin)(loaded):
+                    return None
+                try:
+                    result = await function(loaded, *args, **kwargs)
+                except CancelRequested:
+                    await sync_to_async(_end)(loaded, "cancelled", None, error_message)
+                    return None
+                except Exception:
+                    logger.exception("Job %s failed.", loaded.pk)
+                    await sync_to_async(_end)(loaded, "failed", None, error_message)
+                    if reraise:
+                        raise
+                    return None
+                await sync_to_async(_end)(loaded, "succeeded", result, error_message)
+                return result
+
+            return async_wrapper
+
+        @functools.wraps(function)
+        def wrapper(job: Any, *args: Any, **kwargs: Any) -> Any:
+            loaded = _load(job)
+            if not _begin(loaded):
+                return None
+            try:
+                result = function(loaded, *args, **kwargs)
+            except CancelRequested:
+                _end(loaded, "cancelled", None, error_message)
+                return None
+            except Exception:
+                logger.exception("Job %s failed.", loaded.pk)
+                _end(loaded, "failed", None, error_message)
+                if reraise:
+                    raise
+                return None
+            _end(loaded, "succeeded", result, error_message)
+            return result
+
+        return wrapper
+
+    if func is not None:
+        return decorate(func)
+    return decorate
