@@ -1,13 +1,16 @@
-"""The test matrix: lint + types, then the suite on each Django and each service setup.
+"""The test matrix: lint and types, the full suite on each Django, and a compatibility run on
+every other supported Python.
 
-    nox                      # everything
-    nox -s tests-3.11        # Django 5.2 on Python 3.11 only
+    nox                          # everything
+    nox -s tests-3.11            # Django 5.2 on Python 3.11, every service setup
     nox -s lint
+    nox -s compat                # the quick suite on the other Pythons
 
-Each tests session runs the suite three times: SQLite + in-memory layer, PostgreSQL + Redis
-core layer, PostgreSQL + Redis pub/sub layer. DATABASE_URL and REDIS_URL name the services
-(default: postgres://postgres@127.0.0.1:5432/test and redis://127.0.0.1:6379/0). A service that
-cannot be reached skips its runs with a message naming it, except under CI=true, where it fails.
+Each ``tests`` session runs the suite three times: SQLite + in-memory layer, PostgreSQL + Redis
+core layer, PostgreSQL + Redis pub/sub layer (tests marked ``pgredis`` always use PostgreSQL and
+Redis, so they run in the last two only). DATABASE_URL and REDIS_URL name the services (default:
+postgres://postgres@127.0.0.1:5432/test and redis://127.0.0.1:6379/0). A service that cannot be
+reached skips its runs with a message naming it, except under CI=true, where it fails.
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ from urllib.parse import urlparse
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "compat"]
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-# Python -> Django: Django 6 needs Python 3.12+.
-MATRIX = {"3.11": "django>=5.2,<6.0", "3.12": "django>=6.0,<6.2"}
+DJANGO_52 = "django>=5.2,<6.0"
+DJANGO_6 = "django>=6.0,<6.2"  # Django 6 needs Python 3.12+
+# The full suite, services and browser included: one session per Django version.
+FULL = {"3.11": DJANGO_52, "3.12": DJANGO_6}
+# The quick suite (no subprocess servers, no browser) on the other supported Pythons.
+COMPAT = [("3.10", DJANGO_52), ("3.12", DJANGO_52), ("3.13", DJANGO_52), ("3.13", DJANGO_6)]
 
 
 def reachable(url: str, default_port: int) -> bool:
@@ -41,7 +48,7 @@ def reachable(url: str, default_port: int) -> bool:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    session.install("-e", ".[test]", MATRIX["3.11"])
+    session.install("-e", ".[test,example]", DJANGO_52)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "django_sse", "tests", "example_project")
@@ -50,25 +57,21 @@ def lint(session: nox.Session) -> None:
         session.run("python", "-m", "docutils", "--halt=warning", document, os.devnull)
 
 
-@nox.session(python=list(MATRIX))
+@nox.session(python=list(FULL))
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[test]", MATRIX[str(session.python)])
+    session.install("-e", ".[test,example]", FULL[str(session.python)])
     session.run("python", "-c", "import django; print('Django', django.get_version())")
     args = session.posargs or ["-p", "no:cacheprovider"]
-    env_base = {"DATABASE_URL": "", "REDIS_URL": "", "REDIS_LAYER": ""}
-    session.run("pytest", *args, env=env_base)
+    no_services = {"DATABASE_URL": "", "REDIS_URL": "", "REDIS_LAYER": ""}
+    session.run("pytest", *args, "-m", "not pgredis", env=no_services)
 
     missing = [
         name
-        for name, url, port in (
-            ("PostgreSQL", DATABASE_URL, 5432),
-            ("Redis", REDIS_URL, 6379),
-        )
+        for name, url, port in (("PostgreSQL", DATABASE_URL, 5432), ("Redis", REDIS_URL, 6379))
         if not reachable(url, port)
     ]
     if missing:
-        where = ", ".join(missing)
-        message = f"{where} not reachable ({DATABASE_URL}, {REDIS_URL})"
+        message = f"{', '.join(missing)} not reachable ({DATABASE_URL}, {REDIS_URL})"
         if os.environ.get("CI"):
             session.error(f"{message}: CI=true requires every service.")
         session.warn(f"Skipping the PostgreSQL + Redis runs: {message}.")
@@ -76,3 +79,13 @@ def tests(session: nox.Session) -> None:
     for layer in ("core", "pubsub"):
         env = {"DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "REDIS_LAYER": layer}
         session.run("pytest", *args, env=env)
+
+
+@nox.session
+@nox.parametrize(("python", "django"), COMPAT)
+def compat(session: nox.Session, django: str) -> None:
+    session.install("-e", ".[test]", django)
+    session.run("python", "-c", "import django; print('Django', django.get_version())")
+    env = {"DATABASE_URL": "", "REDIS_URL": "", "REDIS_LAYER": ""}
+    args = session.posargs or ["-p", "no:cacheprovider"]
+    session.run("pytest", *args, "-m", "not e2e and not browser and not pgredis", env=env)

@@ -101,29 +101,37 @@ class Hub:
         subscriber = Subscriber(job_id)
         feed = self.feeds.get(job_id)
         if feed is None:
-            feed = _Feed(self.loop)
-            self.feeds[job_id] = feed
-            feed.subscribers.add(subscriber)
-            try:
-                await self._group_add(job_id)
-                # Read after joining the group: anything newer arrives as a message or is found
-                # by the poll, anything older is in the database.
-                feed.seq = await run_in_db_thread(last_seq, job_id)
-            except BaseException as exc:
-                self._drop_feed(job_id, feed)
-                feed.ready.set_exception(exc)
-                feed.ready.exception()  # mark retrieved: waiting subscribers re-raise it
-                raise
-            feed.ready.set_result(None)
-            self._release_held(job_id, feed)
-        else:
-            feed.subscribers.add(subscriber)
-            try:
-                await asyncio.shield(feed.ready)
-            except BaseException:
-                feed.subscribers.discard(subscriber)
-                raise
+            feed = self.feeds[job_id] = _Feed(self.loop)
+            # In a task of the hub, not of this stream: a client leaving halfway must not
+            # cancel it for the other streams of the job waiting on it.
+            self._spawn(self._establish(job_id, feed))
+        feed.subscribers.add(subscriber)
+        try:
+            await asyncio.shield(feed.ready)
+        except BaseException:
+            self.unsubscribe(subscriber)
+            raise
         return subscriber
+
+    async def _establish(self, job_id: uuid.UUID, feed: _Feed) -> None:
+        try:
+            await self._group_add(job_id)
+            # Read after joining the group: anything newer arrives as a message or is found by
+            # the poll, anything older is in the database.
+            feed.seq = await run_in_db_thread(last_seq, job_id)
+        except BaseException as exc:
+            self._drop_feed(job_id, feed)
+            feed.ready.set_exception(exc)
+            feed.ready.exception()  # retrieved here; every waiting subscriber re-raises it
+            if not isinstance(exc, Exception):
+                raise
+            return
+        feed.ready.set_result(None)
+        if self.feeds.get(job_id) is not feed:
+            # Every subscriber left while the group was being joined.
+            self._drop_feed_membership(job_id)
+            return
+        self._release_held(job_id, feed)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Stop delivering to ``subscriber``; leaves the job's group when it was the last one."""
@@ -131,14 +139,17 @@ class Hub:
         if feed is None:
             return
         feed.subscribers.discard(subscriber)
-        if not feed.subscribers and feed.ready.done():
+        if not feed.subscribers:
             self._drop_feed(subscriber.job_id, feed)
 
     def _drop_feed(self, job_id: uuid.UUID, feed: _Feed) -> None:
         if self.feeds.get(job_id) is feed:
             del self.feeds[job_id]
-            if self._layer is not None and self._channel is not None and not self.closed:
-                self._spawn(self._group_discard(job_id))
+            self._drop_feed_membership(job_id)
+
+    def _drop_feed_membership(self, job_id: uuid.UUID) -> None:
+        if self._layer is not None and self._channel is not None and not self.closed:
+            self._spawn(self._group_discard(job_id))
 
     # -- incoming events -------------------------------------------------------------------
 
@@ -192,10 +203,21 @@ class Hub:
                     fetch_events, job_id, feed.seq, upto=upto, limit=conf.REPLAY_PAGE_SIZE
                 )
                 if not events:
-                    break
+                    # The database does not have what a message announced (yet): the held
+                    # events wait for the next poll instead of asking again at once.
+                    return
                 for event in events:
-                    if event.seq == feed.seq + 1:
-                        self._dispatch(feed, event)
+                    if event.seq <= feed.seq:
+                        continue
+                    if event.seq > feed.seq + 1:
+                        # Later events are committed, so these never will be (deleted by hand?).
+                        logger.warning(
+                            "Events %d to %d of job %s are missing from the database.",
+                            feed.seq + 1,
+                            event.seq - 1,
+                            job_id,
+                        )
+                    self._dispatch(feed, event)
             ok = True
         except Exception as exc:
             logger.warning("Could not read events of job %s from the database: %r", job_id, exc)

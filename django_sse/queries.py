@@ -6,10 +6,19 @@ import uuid
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from django.db import router
+from django.db.models import Model
+
 from django_sse.validation import dump_data
 
 # Larger IN lists are split, to stay under every backend's parameter limit.
 _IN_CHUNK = 500
+
+
+def primary(model: type[Model]) -> str:
+    """The database events are written to. Streams read there too: a lagging replica could
+    show event n + 1 without event n."""
+    return router.db_for_write(model)
 
 
 class StoredEvent(NamedTuple):
@@ -24,7 +33,7 @@ def fetch_events(
     """Events of ``job_id`` with ``after < seq <= upto``, oldest first, at most ``limit``."""
     from django_sse.models import JobEvent
 
-    qs = JobEvent.objects.filter(job_id=job_id, seq__gt=after)
+    qs = JobEvent.objects.db_manager(primary(JobEvent)).filter(job_id=job_id, seq__gt=after)
     if upto is not None:
         qs = qs.filter(seq__lte=upto)
     rows = qs.order_by("seq").values_list("seq", "type", "data")[:limit]
@@ -39,7 +48,8 @@ def last_seqs(job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, int]:
     found: dict[uuid.UUID, int] = {}
     for start in range(0, len(ids), _IN_CHUNK):
         chunk = ids[start : start + _IN_CHUNK]
-        found.update(Job.objects.filter(pk__in=chunk).values_list("pk", "last_seq"))
+        rows = Job.objects.db_manager(primary(Job)).filter(pk__in=chunk)
+        found.update(rows.values_list("pk", "last_seq"))
     return found
 
 

@@ -55,6 +55,18 @@ async def apublish_in_thread(job: Job | Any, event: str, data: Any = None) -> Jo
     return await sync_to_async(publish)(job, event, data)
 
 
+async def subscribed(job_id: Any, count: int = 1) -> None:
+    """Wait until ``count`` streams of the job are subscribed in this loop's hub (the stream
+    sends its retry line first, then subscribes)."""
+    hub = get_hub()
+    for _ in range(200):
+        feed = hub.feeds.get(job_id)
+        if feed is not None and feed.ready.done() and len(feed.subscribers) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job_id} never got {count} subscribers")
+
+
 async def open_stream(job_id: object, key: str | None, **kwargs: Any) -> StreamClient:
     client = StreamClient(url(job_id, kwargs.pop("query", "")), session_key=key, **kwargs)
     await client.start()
@@ -408,6 +420,7 @@ async def test_disconnect_leaves_the_group_and_stops_everything(
     with caplog.at_level(logging.INFO, logger="django_sse"):
         client = await open_stream(job.pk, owner_key)
         await client.read_chunk()
+        await subscribed(job.pk)
         hub = get_hub()
         assert job.pk in hub.feeds
         assert await group_size(layer, group) == 1
@@ -435,6 +448,7 @@ async def test_second_stream_of_a_job_shares_the_subscription(
     second = await open_stream(job.pk, owner_key)
     await first.read_chunk()
     await second.read_chunk()
+    await subscribed(job.pk, 2)
     hub = get_hub()
     assert len(hub.feeds[job.pk].subscribers) == 2
     await first.disconnect()
