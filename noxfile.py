@@ -16,6 +16,7 @@ reached skips its runs with a message naming it, except under CI=true, where it 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from urllib.parse import urlparse
 
@@ -23,6 +24,8 @@ import nox
 
 nox.options.sessions = ["lint", "tests", "compat"]
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
+# The stdlib venv: virtualenv cannot resolve some pyenv builds (3.10 here).
+nox.options.default_venv_backend = "venv"
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -81,11 +84,23 @@ def tests(session: nox.Session) -> None:
         session.run("pytest", *args, env=env)
 
 
-@nox.session
-@nox.parametrize(("python", "django"), COMPAT)
-def compat(session: nox.Session, django: str) -> None:
-    session.install("-e", ".[test]", django)
-    session.run("python", "-c", "import django; print('Django', django.get_version())")
+@nox.session(python=False)
+@nox.parametrize(("version", "django"), COMPAT)
+def compat(session: nox.Session, version: str, django: str) -> None:
+    # A plain stdlib venv: nox's interpreter discovery cannot resolve some pyenv builds.
+    interpreter = shutil.which(f"python{version}")
+    if interpreter is None:
+        message = f"Python {version} is not installed"
+        if os.environ.get("CI"):
+            session.error(f"{message}: CI=true requires it.")
+        session.skip(message)
+    venv = os.path.join(".nox", f"compat-{version}-django{'5.2' if django == DJANGO_52 else '6'}")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        session.run(interpreter, "-m", "venv", venv, external=True)
+    session.run(python, "-m", "pip", "install", "-q", "-e", ".[test]", django, external=True)
+    session.run(python, "-c", "import django; print('Django', django.get_version())", external=True)
     env = {"DATABASE_URL": "", "REDIS_URL": "", "REDIS_LAYER": ""}
     args = session.posargs or ["-p", "no:cacheprovider"]
-    session.run("pytest", *args, "-m", "not e2e and not browser and not pgredis", env=env)
+    marker = "not e2e and not browser and not pgredis"
+    session.run(python, "-m", "pytest", *args, "-m", marker, env=env, external=True)

@@ -54,6 +54,7 @@ def total_connections(url: str) -> int:
         client.close()
 
 
+@pytest.mark.pgredis
 def test_a_burst_from_one_worker_reuses_redis_connections(fresh_layers: None) -> None:
     url = require_redis()
     with override_settings(CHANNEL_LAYERS=redis_layer(url, f"dsse-burst-{time.time_ns()}")):
@@ -99,6 +100,7 @@ def test_publishing_works_when_the_layer_is_down(
     assert "open streams will read it from the database" in caplog.text
 
 
+@pytest.mark.pgredis
 def test_pushes_from_many_threads_all_arrive_in_each_threads_order(fresh_layers: None) -> None:
     url = require_redis()
     with override_settings(CHANNEL_LAYERS=redis_layer(url, f"dsse-threads-{time.time_ns()}")):
