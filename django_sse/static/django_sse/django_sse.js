@@ -6,6 +6,7 @@
  *     events: ["log"],           // custom event types to listen for
  *     onProgress(data) { ... },  // {current, total, message}
  *     onSuccess(result) { ... },
+ *     onCancelRequested() { ... }, // somebody asked the job to stop; "cancelled" follows
  *     onStatus(state) { ... },   // "connecting" | "open" | "reconnecting" | "closed"
  *   });
  *   watcher.close();
@@ -15,7 +16,14 @@
 (function (root) {
   "use strict";
 
-  const LIFECYCLE_TYPES = ["started", "progress", "succeeded", "failed", "cancelled"];
+  const LIFECYCLE_TYPES = [
+    "started",
+    "progress",
+    "cancel_requested",
+    "succeeded",
+    "failed",
+    "cancelled",
+  ];
   const TERMINAL_TYPES = new Set(["succeeded", "failed", "cancelled"]);
 
   // The server sends JSON, but a custom event from another publisher might not be: hand such
@@ -119,6 +127,10 @@
           break;
         case "failed":
           call(options.onFailure, payload.error);
+          break;
+        case "cancel_requested":
+          // Not an end: the job stops when its task notices, with a "cancelled" event.
+          call(options.onCancelRequested, data);
           break;
         case "cancelled":
           call(options.onCancel, data);
