@@ -11,10 +11,14 @@ class DjangoSseConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.core.signals import setting_changed
+
         from django_sse import checks  # noqa: F401  (registers the checks)
+        from django_sse.conf import clear_cache
         from django_sse.models import JobEvent
         from django_sse.signals import push_event_on_commit
 
         post_save.connect(
             push_event_on_commit, sender=JobEvent, dispatch_uid="django_sse.push_event_on_commit"
         )
+        setting_changed.connect(clear_cache, dispatch_uid="django_sse.clear_conf_cache")

@@ -1,7 +1,7 @@
-"""Settings for django_sse, read from the ``DJANGO_SSE`` dict on every access.
+"""Settings for django_sse, read from the ``DJANGO_SSE`` dict.
 
-Every default is written once, in ``DEFAULTS``. Values are looked up each time a property is
-read, so ``override_settings(DJANGO_SSE={...})`` works in tests without any cache to clear.
+Every default is written once, in ``DEFAULTS``. The dict is cached and the cache is cleared on
+``setting_changed``, so ``override_settings(DJANGO_SSE={...})`` just works.
 """
 
 from __future__ import annotations
@@ -52,11 +52,25 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Settings:
-    """Typed, always-fresh view of ``settings.DJANGO_SSE``."""
+    """Typed view of ``settings.DJANGO_SSE``.
+
+    The dict is looked up once and kept until Django's ``setting_changed`` signal says it
+    changed (``override_settings`` sends it), because a tight ``set_progress`` loop reads a
+    setting on every call.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] | None = None
+
+    def clear(self) -> None:
+        self._cache = None
 
     def _raw(self) -> dict[str, Any]:
-        value = getattr(settings, "DJANGO_SSE", {})
-        return value if isinstance(value, dict) else {}
+        cache = self._cache
+        if cache is None:
+            value = getattr(settings, "DJANGO_SSE", {})
+            cache = self._cache = value if isinstance(value, dict) else {}
+        return cache
 
     def _get(self, name: str) -> Any:
         return self._raw().get(name, DEFAULTS[name])
@@ -114,3 +128,9 @@ class Settings:
 
 
 conf = Settings()
+
+
+def clear_cache(*, setting: str, **kwargs: Any) -> None:
+    """``setting_changed`` receiver, connected in ``DjangoSseConfig.ready()``."""
+    if setting == "DJANGO_SSE":
+        conf.clear()

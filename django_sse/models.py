@@ -11,6 +11,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from django_sse import lifecycle
+from django_sse.validation import MESSAGE_MAX_LENGTH
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -23,8 +24,6 @@ class JobStatus(models.TextChoices):
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
 
-
-MESSAGE_MAX_LENGTH = 500
 
 # Plain strings: django-stubs types TextChoices members with labels as tuples.
 ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "running"})

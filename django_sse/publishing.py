@@ -26,7 +26,12 @@ from django_sse.cancellation import cancel_check
 from django_sse.conf import conf
 from django_sse.exceptions import JobFinished
 from django_sse.throttle import Progress, progress_throttle
-from django_sse.validation import TERMINAL_TYPES, encode_data, validate_event_type
+from django_sse.validation import (
+    MESSAGE_MAX_LENGTH,
+    TERMINAL_TYPES,
+    encode_data,
+    validate_event_type,
+)
 
 __all__ = ["Entry", "apublish", "encode_data", "publish", "record"]
 
@@ -44,15 +49,18 @@ class Entry:
 
 
 def job_id_of(job: Job | uuid.UUID | str) -> uuid.UUID:
-    from django_sse.models import Job
-
-    if isinstance(job, Job):
-        return job.pk
+    # On the path of every set_progress call: no import, cheapest checks first.
     if isinstance(job, uuid.UUID):
         return job
+    if not isinstance(job, str):
+        pk = job.pk
+        if isinstance(pk, uuid.UUID):
+            return pk
     try:
         return uuid.UUID(str(job))
     except ValueError:
+        from django_sse.models import Job
+
         raise Job.DoesNotExist(f"{job!r} is not a job id (a UUID).") from None
 
 
@@ -187,16 +195,21 @@ def flush_progress(job: Job | uuid.UUID | str) -> JobEvent | None:
     return events[-1] if events else None
 
 
-def make_progress(current: int, total: int | None, message: str) -> Progress:
-    from django_sse.models import MESSAGE_MAX_LENGTH as max_message
+def _is_count(value: object) -> bool:
+    # ``type(...) is int`` first: the common case, and it turns bools away.
+    return (type(value) is int or (isinstance(value, int) and not isinstance(value, bool))) and (
+        value >= 0
+    )
 
-    if isinstance(current, bool) or not isinstance(current, int) or current < 0:
+
+def make_progress(current: int, total: int | None, message: str) -> Progress:
+    if not _is_count(current):
         raise ValueError(f"Progress 'current' must be a non-negative integer, not {current!r}.")
-    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+    if total is not None and not _is_count(total):
         raise ValueError(f"Progress 'total' must be a non-negative integer or None, not {total!r}.")
-    if not isinstance(message, str) or len(message) > max_message:
+    if not isinstance(message, str) or len(message) > MESSAGE_MAX_LENGTH:
         raise ValueError(
-            f"Progress 'message' must be a string of at most {max_message} characters."
+            f"Progress 'message' must be a string of at most {MESSAGE_MAX_LENGTH} characters."
         )
     return Progress(current, total, message)
 

@@ -17,6 +17,8 @@ LIFECYCLE_TYPES = frozenset(
     {"started", "progress", "cancel_requested", "succeeded", "failed", "cancelled"}
 )
 TERMINAL_TYPES = frozenset({"succeeded", "failed", "cancelled"})
+# Longest progress message (the length of Job.message).
+MESSAGE_MAX_LENGTH = 500
 # A resume id longer than this is not one we ever sent (seq is a 64-bit integer).
 MAX_RESUME_ID_DIGITS = 19
 
