@@ -10,3 +10,11 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
 
 application = get_asgi_application()
+
+from django.conf import settings  # noqa: E402  (after the app registry is ready)
+
+if settings.DEBUG:
+    # What runserver does: serve static files (django_sse.js, the page's script) in DEBUG.
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    application = ASGIStaticFilesHandler(application)

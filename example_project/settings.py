@@ -90,7 +90,8 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": BASE_DIR / "db.sqlite3",
+            # SQLITE_PATH: another file (the browser tests use one per run).
+            "NAME": os.environ.get("SQLITE_PATH") or BASE_DIR / "db.sqlite3",
             "OPTIONS": {
                 # The server and the worker both write: take the write lock when a transaction
                 # begins (no "database is locked" on upgrade) and wait for it rather than fail.
@@ -106,7 +107,12 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # REDIS_LAYER=pubsub picks the pub/sub layer.
+            "BACKEND": (
+                "channels_redis.pubsub.RedisPubSubChannelLayer"
+                if os.environ.get("REDIS_LAYER") == "pubsub"
+                else "channels_redis.core.RedisChannelLayer"
+            ),
             # redis-py 8 times out idle sockets after 5 s, which breaks the layer's blocking
             # receive (channels_redis issue 422): wait without a timeout.
             "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
@@ -116,7 +122,15 @@ else:
     # One process only: events from the worker reach the server through the database poll.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-DJANGO_SSE = {"POLL_SECONDS": 0.5}
+DJANGO_SSE: dict[str, Any] = {
+    "POLL_SECONDS": 0.5,
+    # SSE_CORS_ALLOWED_ORIGINS: comma-separated origins whose pages may read the streams.
+    "CORS_ALLOWED_ORIGINS": [
+        origin.strip()
+        for origin in os.environ.get("SSE_CORS_ALLOWED_ORIGINS", "").split(",")
+        if origin.strip()
+    ],
+}
 
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
@@ -141,8 +155,9 @@ LOGGING = {
     "formatters": {"short": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "short"}},
     "loggers": {
-        "django_sse": {"handlers": ["console"], "level": "INFO"},
-        "django_tasks_db": {"handlers": ["console"], "level": "INFO"},
-        "example_project": {"handlers": ["console"], "level": "INFO"},
+        # propagate=False: daphne's command line also logs through the root logger.
+        "django_sse": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django_tasks_db": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "example_project": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
