@@ -70,6 +70,18 @@ def authorize_stream(request: HttpRequest, job_id: uuid.UUID) -> Access | None:
     return Access(job, user, session_key)
 
 
+def _identity_from_store(session_key: str | None) -> tuple[Any, str | None]:
+    """The user and the session key as the session store knows them now."""
+    if not session_key:
+        return AnonymousUser(), None
+    probe = HttpRequest()
+    engine = import_module(settings.SESSION_ENGINE)
+    probe.session = engine.SessionStore(session_key)
+    # get_user() checks the session's auth hash: a password change logs the session out.
+    user = get_user(probe)
+    return user, probe.session.session_key
+
+
 def reauthorize_stream(request: HttpRequest, job_id: uuid.UUID, session_key: str | None) -> bool:
     """Check again, from the session store, that the stream may go on (no logout, no expiry,
     no password change since it opened)."""
@@ -78,13 +90,20 @@ def reauthorize_stream(request: HttpRequest, job_id: uuid.UUID, session_key: str
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         return False
-    probe = HttpRequest()
-    user: Any = AnonymousUser()
-    current_key: str | None = None
-    if session_key:
-        engine = import_module(settings.SESSION_ENGINE)
-        probe.session = engine.SessionStore(session_key)
-        user = get_user(probe)
-        current_key = probe.session.session_key
+    user, current_key = _identity_from_store(session_key)
     request.user = user
     return can_access(request, job, user, current_key)
+
+
+def identify(request: HttpRequest) -> tuple[Any, str | None]:
+    """The request's user and (existing) session key, loading both."""
+    return _current_identity(request)
+
+
+def same_identity(user: Any, session_key: str | None) -> bool:
+    """Whether the session behind a stream of all of a session's jobs still stands for the same
+    visitor (same user, or the same anonymous session)."""
+    current_user, current_key = _identity_from_store(session_key)
+    if getattr(user, "is_authenticated", False):
+        return bool(current_user.is_authenticated and current_user.pk == user.pk)
+    return current_key is not None and not current_user.is_authenticated

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Coroutine, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from channels.layers import BaseChannelLayer
 
@@ -41,17 +41,28 @@ GROUP_REFRESH_SECONDS = 600.0
 RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
+class Delivery(NamedTuple):
+    """One event as handed to subscribers: encoded once for the single-job stream."""
+
+    event: StoredEvent
+    chunk: bytes
+    terminal: bool
+
+
 class Subscriber:
-    """One open stream's inbox: ``(seq, encoded event, is_terminal)`` items, in order."""
+    """One open stream's inbox for one job: ``Delivery`` items, in order.
+
+    Streams that follow several jobs share one ``wakeup`` event among their subscribers.
+    """
 
     __slots__ = ("items", "job_id", "wakeup")
 
-    def __init__(self, job_id: uuid.UUID) -> None:
+    def __init__(self, job_id: uuid.UUID, wakeup: asyncio.Event | None = None) -> None:
         self.job_id = job_id
-        self.items: deque[tuple[int, bytes, bool]] = deque()
-        self.wakeup = asyncio.Event()
+        self.items: deque[Delivery] = deque()
+        self.wakeup = wakeup or asyncio.Event()
 
-    def deliver(self, item: tuple[int, bytes, bool]) -> None:
+    def deliver(self, item: Delivery) -> None:
         self.items.append(item)
         self.wakeup.set()
 
@@ -69,9 +80,9 @@ class _Feed:
         self.ready: asyncio.Future[None] = loop.create_future()
 
 
-def _encode(event: StoredEvent) -> tuple[int, bytes, bool]:
-    return (
-        event.seq,
+def _encode(event: StoredEvent) -> Delivery:
+    return Delivery(
+        event,
         encode_event(event.data, event=event.type, id=event.seq),
         event.type in TERMINAL_TYPES,
     )
@@ -88,17 +99,18 @@ class Hub:
         self._channel: str | None = None
         self._group_lock = asyncio.Lock()
         self._regroup_needed = False
+        self._group_failing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._receiver: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, job_id: uuid.UUID) -> Subscriber:
+    async def subscribe(self, job_id: uuid.UUID, wakeup: asyncio.Event | None = None) -> Subscriber:
         """Start receiving ``job_id``'s events. Every event committed after this returns is
         delivered; anything older is in the database for the caller's replay."""
         self._start()
-        subscriber = Subscriber(job_id)
+        subscriber = Subscriber(job_id, wakeup)
         feed = self.feeds.get(job_id)
         if feed is None:
             feed = self.feeds[job_id] = _Feed(self.loop)
@@ -258,7 +270,18 @@ class Hub:
             except Exception as exc:
                 # Streams still get every event, through the database poll.
                 self._regroup_needed = True
-                logger.warning("Could not join the group of job %s: %r", job_id, exc)
+                if not self._group_failing:
+                    self._group_failing = True
+                    logger.warning(
+                        "Could not join the group of job %s (%r); retrying at every poll, and "
+                        "reading events from the database meanwhile.",
+                        job_id,
+                        exc,
+                    )
+            else:
+                if self._group_failing:
+                    self._group_failing = False
+                    logger.info("Joining channel-layer groups works again.")
 
     async def _group_discard(self, job_id: uuid.UUID) -> None:
         async with self._group_lock:
@@ -308,8 +331,13 @@ class Hub:
             await asyncio.sleep(conf.POLL_SECONDS)
             if not self.feeds:
                 continue
-            if self._receiver is not None and time.monotonic() >= next_refresh:
-                next_refresh = time.monotonic() + GROUP_REFRESH_SECONDS
+            refresh = time.monotonic() >= next_refresh
+            if self._layer is not None and (self._regroup_needed or refresh):
+                # After a failed join (the layer was down), again at every poll until it works:
+                # a layer whose receive() does not fail during an outage (pub/sub) would
+                # otherwise leave these jobs on the database poll for good.
+                if refresh:
+                    next_refresh = time.monotonic() + GROUP_REFRESH_SECONDS
                 await self._regroup()
             ready = {
                 job_id: feed

@@ -133,7 +133,8 @@ class JobStream:
             subscriber.wakeup.clear()
             parts: list[bytes] = []
             while subscriber.items and self.reason != "job finished":
-                seq, chunk, terminal = subscriber.items.popleft()
+                delivery = subscriber.items.popleft()
+                seq, chunk, terminal = delivery.event.seq, delivery.chunk, delivery.terminal
                 if seq <= self.last_seq:
                     continue
                 if seq > self.last_seq + 1:

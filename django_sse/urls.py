@@ -7,6 +7,7 @@ from django_sse import views
 app_name = "django_sse"
 
 urlpatterns = [
+    path("events/", views.session_events, name="events"),
     path("jobs/<str:job_id>/events/", views.job_events, name="job-events"),
     path("jobs/<str:job_id>/cancel/", views.job_cancel, name="job-cancel"),
 ]

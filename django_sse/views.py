@@ -19,10 +19,12 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
-from django_sse.auth import authorize_stream
+from django_sse.auth import authorize_stream, identify
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.exceptions import JobFinished
+from django_sse.resume import decode_resume_point
+from django_sse.session_stream import SessionStream, parse_only
 from django_sse.sse import encode_retry
 from django_sse.stream import JobStream, describe_user
 from django_sse.validation import parse_resume_id
@@ -151,3 +153,34 @@ def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
         return JsonResponse({"error": "The job has already ended."}, status=409)
     logger.info("Cancel requested: job=%s user=%s", job_uuid, describe_user(access.user))
     return JsonResponse({"status": "cancel_requested"}, status=202)
+
+
+@csrf_exempt
+@require_safe
+async def session_events(request: HttpRequest) -> HttpResponseBase:
+    """Stream the events of all of the visitor's jobs (``?jobs=`` narrows them)."""
+    try:
+        only = parse_only(request.GET.get("jobs"))
+    except ValueError as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain; charset=utf-8")
+    try:
+        user, session_key = await run_in_db_thread(identify, request)
+    except DatabaseError as exc:
+        logger.warning("Session stream deferred: the database is unreachable (%r).", exc)
+        return _allow_origin(request, _stream_headers(StreamingHttpResponse(_retry_later())))
+    if not user.is_authenticated and session_key is None:
+        # No user and no session: no job can be theirs, now or later. Stop reconnecting.
+        return _allow_origin(request, HttpResponse(status=204))
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        raw = request.GET.get("last_event_id")
+    resume = decode_resume_point(raw)
+    if raw is not None and resume is None:
+        logger.warning(
+            "Ignored an invalid Last-Event-ID for a session stream: %r; starting afresh.",
+            raw[:_LOG_VALUE_CHARS],
+        )
+    if request.method == "HEAD":
+        return _allow_origin(request, _stream_headers(HttpResponse()))
+    stream = SessionStream(request, user, session_key, only, resume)
+    return _allow_origin(request, _stream_headers(StreamingHttpResponse(stream.events())))

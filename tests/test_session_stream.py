@@ -1,0 +1,195 @@
+"""The stream of all of a visitor's jobs (django_sse:events)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+
+from django_sse import publish
+from django_sse.models import Job
+from tests.utils import StreamClient, make_session
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+URL = "/sse/events/"
+
+
+def received(client: StreamClient) -> list[tuple[str, int, str]]:
+    """(job id, seq, type) of every event so far."""
+    out = []
+    for event in client.parser.events:
+        payload = json.loads(event.data)
+        out.append((payload["job"], payload["seq"], event.type))
+    return out
+
+
+async def pub(job: Job, event: str = "step", data: Any = None) -> None:
+    await sync_to_async(publish)(job, event, data)
+
+
+async def settle(client: StreamClient, count: int, timeout: float = 5) -> None:
+    await client.read_events(count, timeout=timeout)
+    assert await client.nothing_within(0.4)
+
+
+@pytest.fixture
+def owner() -> User:
+    return User.objects.create_user("owner")
+
+
+@pytest.fixture
+def owner_key(owner: User) -> str:
+    return make_session(owner)
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+
+async def test_first_connection_replays_running_jobs_only(
+    hub_cleanup: None, owner: User, owner_key: str
+) -> None:
+    running = await Job.objects.acreate(owner=owner)
+    done = await Job.objects.acreate(owner=owner)
+    theirs = await Job.objects.acreate(owner=await User.objects.acreate(username="them"))
+    await pub(running)
+    await sync_to_async(done.succeed)()
+    await pub(theirs)
+    client = StreamClient(URL, session_key=owner_key)
+    assert await client.start() == 200
+    assert client.headers["content-type"] == "text/event-stream; charset=utf-8"
+    await settle(client, 1)
+    assert received(client) == [(str(running.pk), 1, "step")]
+    assert json.loads(client.parser.events[0].data)["data"] is None
+    await client.disconnect()
+
+
+async def test_live_events_and_jobs_started_later(
+    hub_cleanup: None, owner: User, owner_key: str
+) -> None:
+    first = await Job.objects.acreate(owner=owner)
+    client = StreamClient(URL, session_key=owner_key)
+    await client.start()
+    await client.read_chunk()
+    await asyncio.sleep(0.3)
+    await pub(first, "a")
+    later = await Job.objects.acreate(owner=owner)  # started after the stream opened
+    await pub(later, "b")
+    await sync_to_async(later.succeed)()
+    await pub(first, "c")
+    await settle(client, 4)
+    got = received(client)
+    assert [g for g in got if g[0] == str(first.pk)] == [
+        (str(first.pk), 1, "a"),
+        (str(first.pk), 2, "c"),
+    ]
+    assert [g for g in got if g[0] == str(later.pk)] == [
+        (str(later.pk), 1, "b"),
+        (str(later.pk), 2, "succeeded"),
+    ]
+    await client.disconnect()
+
+
+async def test_resume_across_jobs_without_loss_or_duplicate(
+    hub_cleanup: None, owner: User, owner_key: str
+) -> None:
+    a = await Job.objects.acreate(owner=owner)
+    b = await Job.objects.acreate(owner=owner)
+    old = await Job.objects.acreate(owner=owner)
+    await sync_to_async(old.succeed)()  # finished before anything: never streamed
+    await pub(a, "a1")
+    await pub(b, "b1")
+    client = StreamClient(URL, session_key=owner_key)
+    await client.start()
+    await settle(client, 2)
+    last_id = client.parser.events[-1].last_event_id
+    assert len(last_id) <= 128
+    await client.disconnect()
+    # While the browser is away: more events, one job ends, one starts and ends.
+    await pub(a, "a2")
+    await sync_to_async(b.fail)("boom")
+    c = await Job.objects.acreate(owner=owner)
+    await pub(c, "c1")
+    await sync_to_async(c.succeed)()
+    again = StreamClient(URL, session_key=owner_key, headers={"Last-Event-ID": last_id})
+    await again.start()
+    await settle(again, 4)
+    assert sorted(received(again)) == sorted(
+        [
+            (str(a.pk), 2, "a2"),
+            (str(b.pk), 2, "failed"),
+            (str(c.pk), 1, "c1"),
+            (str(c.pk), 2, "succeeded"),
+        ]
+    )
+    # Once more from the very last id: nothing at all is sent twice.
+    final_id = again.parser.events[-1].last_event_id
+    await again.disconnect()
+    third = StreamClient(URL, session_key=owner_key, headers={"Last-Event-ID": final_id})
+    await third.start()
+    await third.read_chunk()
+    assert await third.nothing_within(0.5)
+    assert third.parser.events == []
+    await third.disconnect()
+
+
+async def test_anonymous_session_sees_its_own_jobs(hub_cleanup: None) -> None:
+    key = await sync_to_async(make_session)()
+    other_key = await sync_to_async(make_session)()
+    mine = await Job.objects.acreate(session_key=key)
+    theirs = await Job.objects.acreate(session_key=other_key)
+    await pub(mine)
+    await pub(theirs)
+    client = StreamClient(URL, session_key=key)
+    await client.start()
+    await settle(client, 1)
+    assert received(client) == [(str(mine.pk), 1, "step")]
+    await client.disconnect()
+
+
+async def test_no_session_no_user_is_204(hub_cleanup: None) -> None:
+    client = StreamClient(URL)
+    assert await client.start() == 204
+
+
+async def test_jobs_parameter_narrows(hub_cleanup: None, owner: User, owner_key: str) -> None:
+    a = await Job.objects.acreate(owner=owner)
+    b = await Job.objects.acreate(owner=owner)
+    theirs = await Job.objects.acreate(owner=await User.objects.acreate(username="them"))
+    await pub(a)
+    await pub(b)
+    await pub(theirs)
+    client = StreamClient(f"{URL}?jobs={b.pk},{theirs.pk}", session_key=owner_key)
+    await client.start()
+    await settle(client, 1)
+    assert received(client) == [(str(b.pk), 1, "step")]
+    await client.disconnect()
+
+
+@pytest.mark.parametrize("jobs", ["nope", "", ",".join(str(uuid.uuid4()) for _ in range(101))])
+async def test_malformed_jobs_parameter_is_400(
+    hub_cleanup: None, owner_key: str, jobs: str
+) -> None:
+    client = StreamClient(f"{URL}?jobs={jobs}", session_key=owner_key)
+    assert await client.start() == 400
+    await client.read_to_end()
+    assert b"jobs must list" in client.body
+
+
+async def test_invalid_resume_point_starts_afresh(
+    hub_cleanup: None, owner: User, owner_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await Job.objects.acreate(owner=owner)
+    await pub(job)
+    with caplog.at_level(logging.WARNING, "django_sse"):
+        client = StreamClient(URL, session_key=owner_key, headers={"Last-Event-ID": "12.zz"})
+        await client.start()
+        await settle(client, 1)
+    assert received(client) == [(str(job.pk), 1, "step")]
+    assert "Ignored an invalid Last-Event-ID for a session stream" in caplog.text
+    await client.disconnect()
