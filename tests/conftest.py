@@ -36,6 +36,6 @@ async def hub_cleanup() -> AsyncIterator[None]:
 def pytest_report_header(config: pytest.Config) -> str:
     from django.conf import settings
 
-    engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
-    layer = settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1]
+    engine = str(settings.DATABASES["default"]["ENGINE"]).rsplit(".", 1)[-1]
+    layer = str(settings.CHANNEL_LAYERS["default"]["BACKEND"]).rsplit(".", 1)[-1]
     return f"django_sse: database={engine} channel layer={layer}"

@@ -29,7 +29,7 @@ async def next_items(subscriber: Subscriber, count: int, timeout: float = 3) -> 
             await asyncio.wait_for(subscriber.wakeup.wait(), remaining)
         except asyncio.TimeoutError:
             break
-    return [seq for seq, _, _ in subscriber.items]
+    return [item.event.seq for item in subscriber.items]
 
 
 def message(job: Job, seq: int, event: str = "step") -> dict[str, Any]:
@@ -59,7 +59,7 @@ async def test_each_event_is_encoded_once_for_all_subscribers(hub_cleanup: None)
     hub = get_hub()
     subscribers = [await hub.subscribe(job.pk) for _ in range(3)]
     hub.on_message(message(job, 1))
-    chunks = [s.items[0][1] for s in subscribers]
+    chunks = [s.items[0].chunk for s in subscribers]
     assert chunks[0] == b"id: 1\nevent: step\ndata: 1\n\n"
     assert chunks[0] is chunks[1] is chunks[2]
 
@@ -77,7 +77,7 @@ async def test_duplicates_and_stale_messages_are_dropped(hub_cleanup: None) -> N
     assert await next_items(subscriber, 1) == [3]
     hub.on_message(message(job, 3))
     await asyncio.sleep(0.1)
-    assert [seq for seq, _, _ in subscriber.items] == [3]
+    assert [item.event.seq for item in subscriber.items] == [3]
 
 
 @override_settings(DJANGO_SSE={"POLL_SECONDS": 60})
@@ -92,8 +92,7 @@ async def test_a_gap_is_read_from_the_database_once_for_all(
         await sync_to_async(publish)(job, "step")
     reads = 0
     from django_sse import hub as hub_module
-
-    original = hub_module.fetch_events
+    from django_sse.queries import fetch_events as original
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal reads
