@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from django.http import HttpRequest
 
 
+class CompactJSONEncoder(DjangoJSONEncoder):
+    """Django's encoder without spaces: stored event data (and so a replay) reads as the live
+    stream's compact JSON where the database keeps the text as given (SQLite)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["separators"] = (",", ":")
+        super().__init__(*args, **kwargs)
+
+
 class JobStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     RUNNING = "running", _("Running")
@@ -125,7 +134,7 @@ class JobEvent(models.Model):
     )
     seq = models.PositiveBigIntegerField(_("sequence number"))
     type = models.CharField(_("type"), max_length=64)
-    data = models.JSONField(_("data"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    data = models.JSONField(_("data"), null=True, blank=True, encoder=CompactJSONEncoder)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
     class Meta:

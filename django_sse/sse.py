@@ -26,14 +26,18 @@ def encode_event(data: str, *, event: str | None = None, id: str | int | None = 
     parts: list[str] = []
     if id is not None:
         id_text = str(id)
-        _check_field("id", id_text)
+        if type(id) is not int:
+            _check_field("id", id_text)
         parts.append(f"id: {id_text}\n")
     if event is not None:
         _check_field("event", event)
         parts.append(f"event: {event}\n")
-    # A leading space after the colon is stripped by the parser, so "data: " + line keeps a
-    # line that itself starts with a space intact (only the first space is removed).
-    parts.extend(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    if "\n" in data or "\r" in data:
+        # A leading space after the colon is stripped by the parser, so "data: " + line keeps
+        # a line that itself starts with a space intact (only the first space is removed).
+        parts.extend(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    else:
+        parts.append(f"data: {data}\n")  # JSON text always takes this path
     parts.append("\n")
     return "".join(parts).encode("utf-8")
 

@@ -8,7 +8,6 @@ database (no loss). It holds no thread and no database connection of its own whi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -121,42 +120,56 @@ class JobStream:
 
     async def _live(self, subscriber: Subscriber) -> AsyncIterator[bytes]:
         heartbeat = conf.HEARTBEAT_SECONDS
-        next_beat = time.monotonic() + heartbeat
-        while True:
-            if not subscriber.items:
-                timeout = next_beat - time.monotonic()
-                if timeout > 0:
-                    # Waiting on our own Event is safe to cancel; the hub's layer receive is
-                    # never cancelled.
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(subscriber.wakeup.wait(), timeout)
-            subscriber.wakeup.clear()
-            parts: list[bytes] = []
-            while subscriber.items and self.reason != "job finished":
-                delivery = subscriber.items.popleft()
-                seq, chunk, terminal = delivery.event.seq, delivery.chunk, delivery.terminal
-                if seq <= self.last_seq:
-                    continue
-                if seq > self.last_seq + 1:
-                    async for missing in self._read(upto=seq - 1):
-                        parts.append(missing)
-                parts.append(chunk)
-                self.last_seq = seq
-                self.sent += 1
-                if terminal:
-                    self.reason = "job finished"
-            if parts:
-                # Several pending events leave as one chunk.
-                yield b"".join(parts)
-            if self.reason == "job finished":
-                return
-            if time.monotonic() >= next_beat:
-                allowed = await run_in_db_thread(
-                    reauthorize_stream, self.request, self.access.job.pk, self.access.session_key
-                )
-                if not allowed:
-                    self.reason = "access revoked"
-                    logger.info("Stream of job %s: access revoked, closing.", self.access.job.pk)
+        loop = asyncio.get_running_loop()
+        beat_due = False
+
+        def beat() -> None:
+            nonlocal beat_due
+            beat_due = True
+            subscriber.wakeup.set()
+
+        # One timer per heartbeat period, not a wait_for() (a task and a timer) per event.
+        timer = loop.call_later(heartbeat, beat)
+        try:
+            while True:
+                if not subscriber.items and not beat_due:
+                    # Our own Event: safe to cancel (the hub's layer receive never is).
+                    await subscriber.wakeup.wait()
+                subscriber.wakeup.clear()
+                parts: list[bytes] = []
+                while subscriber.items and self.reason != "job finished":
+                    delivery = subscriber.items.popleft()
+                    seq = delivery.event.seq
+                    if seq <= self.last_seq:
+                        continue
+                    if seq > self.last_seq + 1:
+                        async for missing in self._read(upto=seq - 1):
+                            parts.append(missing)
+                    parts.append(delivery.chunk)
+                    self.last_seq = seq
+                    self.sent += 1
+                    if delivery.terminal:
+                        self.reason = "job finished"
+                if parts:
+                    # Several pending events leave as one chunk.
+                    yield b"".join(parts)
+                if self.reason == "job finished":
                     return
-                yield HEARTBEAT
-                next_beat = time.monotonic() + heartbeat
+                if beat_due:
+                    beat_due = False
+                    allowed = await run_in_db_thread(
+                        reauthorize_stream,
+                        self.request,
+                        self.access.job.pk,
+                        self.access.session_key,
+                    )
+                    if not allowed:
+                        self.reason = "access revoked"
+                        logger.info(
+                            "Stream of job %s: access revoked, closing.", self.access.job.pk
+                        )
+                        return
+                    yield HEARTBEAT
+                    timer = loop.call_later(heartbeat, beat)
+        finally:
+            timer.cancel()
