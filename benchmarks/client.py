@@ -1,0 +1,311 @@
+"""Load-client worker process: N SSE connections on raw asyncio sockets.
+
+The orchestrator (``harness.py``) drives each worker through a pipe:
+
+- ``("open", spec)``: open ``spec["count"]`` connections (at most ``spec["concurrency"]``
+  connecting at once), wait until each has received its first body chunk (the ``retry:`` line or
+  a first comment), reply with how many made it.
+- ``("collect", {"timeout": s})``: wait until every connection has every expected event or the
+  timeout passes; reply with counts and the publish->receipt latencies (array of doubles).
+- ``("status", {})``: connections still open, bytes received.
+- ``("close", {})``: close everything and exit.
+
+Every wait is bounded; traffic goes to the host given (127.0.0.1 only).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+from benchmarks.sse import ChunkedDecoder, SSEParser
+
+
+class Conn(asyncio.Protocol):
+    __slots__ = (
+        "bytes",
+        "chunked",
+        "closed",
+        "decoder",
+        "error",
+        "head",
+        "headers_done",
+        "last_progress",
+        "parser",
+        "seen",
+        "status",
+        "subscribed",
+        "subscribed_event",
+        "transport",
+        "unique",
+        "w",
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.headers_done = False
+        self.status = 0
+        self.chunked = False
+        self.decoder = ChunkedDecoder()
+        self.parser = SSEParser()
+        self.subscribed = False
+        self.seen = bytearray(worker.n_expected)
+        self.unique = 0
+        self.closed = False
+        self.bytes = 0
+        self.last_progress = -1
+        self.error = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.w.request)  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.w.closing:
+            self.w.disconnects += 1
+            if not self.subscribed:
+                self.error = self.error or f"closed before first chunk (status {self.status})"
+        self.w.check_done()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        self.bytes += len(data)
+        if not self.headers_done:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.head) > 65536:
+                    self.error = "header too long"
+                    self.transport.close()  # type: ignore[union-attr]
+                return
+            head, data = self.head[:end], self.head[end + 4 :]
+            self.head = b""
+            self.headers_done = True
+            lines = head.split(b"\r\n")
+            try:
+                self.status = int(lines[0].split()[1])
+            except (IndexError, ValueError):
+                self.status = -1
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip().lower()
+            if self.status != 200 or not headers.get(b"content-type", b"").startswith(
+                b"text/event-stream"
+            ):
+                self.error = f"status {self.status} content-type {headers.get(b'content-type')!r}"
+                self.w.http_errors += 1
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            self.chunked = b"chunked" in headers.get(b"transfer-encoding", b"")
+        if self.chunked:
+            data = self.decoder.feed(data)
+        if not data:
+            return
+        if not self.subscribed:
+            self.subscribed = True
+            self.w.on_subscribed()
+        events = self.parser.feed(data)
+        if not events:
+            return
+        w = self.w
+        want = w.event_type
+        for etype, payload, _id in events:
+            if etype != want:
+                w.other_events += 1
+                continue
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                w.bad_payloads += 1
+                continue
+            if w.mode == "progress":
+                current = obj.get("current", -1)
+                if current > self.last_progress:
+                    self.last_progress = current
+                if current == w.n_expected:
+                    w.progress_done_at.append(now)
+                    w.received += 1
+                    self.unique = w.n_expected
+                continue
+            i = obj.get("i", -1)
+            if 0 <= i < w.n_expected:
+                if self.seen[i]:
+                    w.dups += 1
+                else:
+                    self.seen[i] = 1
+                    self.unique += 1
+                    w.received += 1
+                    w.lat.append(now - obj["t"])
+                    w.recv_t.append(now)
+                    w.recv_i.append(i)
+                    if w.first_recv == 0.0:
+                        w.first_recv = now
+                    w.last_recv = now
+            else:
+                w.unexpected += 1
+        if self.unique >= w.n_expected:
+            w.check_done()
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.conns: list[Conn] = []
+        self.closing = False
+        self.n_expected = 0
+        self.event_type = "bench"
+        self.mode = "bench"
+        self.request = b""
+        self.subscribed = 0
+        self.received = 0
+        self.dups = 0
+        self.unexpected = 0
+        self.other_events = 0
+        self.bad_payloads = 0
+        self.http_errors = 0
+        self.disconnects = 0
+        self.connect_errors: list[str] = []
+        self.lat = array.array("d")
+        self.recv_i = array.array("l")
+        self.recv_t = array.array("d")
+        self.first_recv = 0.0
+        self.last_recv = 0.0
+        self.progress_done_at: list[float] = []
+        self._sub_event: asyncio.Event | None = None
+        self._done_event: asyncio.Event | None = None
+        self._sub_target = 0
+
+    def on_subscribed(self) -> None:
+        self.subscribed += 1
+        if self._sub_event is not None and self.subscribed >= self._sub_target:
+            self._sub_event.set()
+
+    def check_done(self) -> None:
+        if self._done_event is None or self._done_event.is_set():
+            return
+        for c in self.conns:
+            if c.unique < self.n_expected and not c.closed:
+                return
+        self._done_event.set()
+
+    async def open(self, spec: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        self.n_expected = int(spec["n_expected"])
+        self.event_type = spec.get("event_type", "bench")
+        self.mode = spec.get("mode", "bench")
+        host, port = spec["host"], int(spec["port"])
+        headers = [
+            f"GET {spec['path']} HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Accept: text/event-stream",
+            "Cache-Control: no-cache",
+        ]
+        if spec.get("cookie"):
+            headers.append(f"Cookie: {spec['cookie']}")
+        self.request = ("\r\n".join(headers) + "\r\n\r\n").encode()
+        count = int(spec["count"])
+        self._sub_event = asyncio.Event()
+        self._sub_target = self.subscribed + count
+        sem = asyncio.Semaphore(int(spec.get("concurrency", 50)))
+        started = time.monotonic()
+        connect_timeout = float(spec.get("connect_timeout", 20))
+
+        async def one() -> None:
+            async with sem:
+                try:
+                    _t, conn = await asyncio.wait_for(
+                        loop.create_connection(lambda: Conn(self), host, port), connect_timeout
+                    )
+                    self.conns.append(conn)
+                except Exception as exc:
+                    self.connect_errors.append(repr(exc))
+                    self._sub_target -= 1
+
+        await asyncio.gather(*(one() for _ in range(count)))
+        connected = time.monotonic() - started
+        if self.subscribed < self._sub_target:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._sub_event.wait(), float(spec.get("sub_timeout", 60)))
+        return {
+            "connected": len(self.conns),
+            "subscribed": self.subscribed,
+            "connect_errors": len(self.connect_errors),
+            "connect_error_sample": self.connect_errors[:3],
+            "http_errors": self.http_errors,
+            "error_sample": [c.error for c in self.conns if c.error][:3],
+            "connect_seconds": connected,
+            "open_seconds": time.monotonic() - started,
+        }
+
+    async def collect(self, spec: dict[str, Any]) -> dict[str, Any]:
+        self._done_event = asyncio.Event()
+        self.check_done()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._done_event.wait(), float(spec["timeout"]))
+        return self.snapshot(with_latencies=True)
+
+    def snapshot(self, with_latencies: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "connections": len(self.conns),
+            "open": sum(1 for c in self.conns if not c.closed),
+            "subscribed": self.subscribed,
+            "received": self.received,
+            "dups": self.dups,
+            "unexpected": self.unexpected,
+            "other_events": self.other_events,
+            "bad_payloads": self.bad_payloads,
+            "http_errors": self.http_errors,
+            "disconnects": self.disconnects,
+            "first_recv": self.first_recv,
+            "last_recv": self.last_recv,
+            "bytes": sum(c.bytes for c in self.conns),
+            "complete_conns": sum(1 for c in self.conns if c.unique >= self.n_expected),
+            "progress_done_at": min(self.progress_done_at) if self.progress_done_at else None,
+            "last_progress": max((c.last_progress for c in self.conns), default=-1),
+            "comments": sum(c.parser.comments for c in self.conns),
+        }
+        if with_latencies:
+            out["lat"] = self.lat.tobytes()
+            out["recv_i"] = self.recv_i.tobytes()
+            out["recv_t"] = self.recv_t.tobytes()
+        return out
+
+    def close(self) -> None:
+        self.closing = True
+        for c in self.conns:
+            if c.transport is not None:
+                c.transport.abort()
+
+
+def worker_main(pipe: Any) -> None:
+    """Entry point of a worker process."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        w = Worker()
+        while True:
+            ready = await loop.run_in_executor(None, pipe.poll, 900)
+            if not ready:
+                w.close()
+                return
+            cmd, spec = pipe.recv()
+            if cmd == "open":
+                pipe.send(await w.open(spec))
+            elif cmd == "collect":
+                pipe.send(await w.collect(spec))
+            elif cmd == "status":
+                pipe.send(w.snapshot())
+            elif cmd == "close":
+                w.close()
+                await asyncio.sleep(0.2)
+                pipe.send({"closed": True})
+                return
+
+    asyncio.run(main())

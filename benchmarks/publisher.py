@@ -1,0 +1,94 @@
+"""A publisher in its own process (a task worker), started by the harness.
+
+python -m benchmarks.publisher --kind ours|naive|eventstream --target JOB_OR_TOPIC \
+    --n N --rate R [--mode events|progress] [--max-seconds S]
+
+Sets Django up, prints ``READY``, waits (at most 120 s) for a line on stdin, publishes, and
+prints one JSON line of stats: publish rate achieved, lag against each event's scheduled time,
+time spent in each publish call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import select
+import sys
+import time
+from typing import Any
+
+from benchmarks.schedule import run_async, run_sync
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kind", required=True, choices=["ours", "naive", "eventstream"])
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--mode", default="events", choices=["events", "progress"])
+    parser.add_argument("--max-seconds", type=float, default=600)
+    args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    import django
+
+    django.setup()
+    prepare: Any = None
+    if args.kind == "naive":
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        group = "bench_" + args.target
+    if args.kind == "ours" and args.mode == "events":
+        # Warm up: import and connect before the clock starts.
+        from django_sse.models import Job
+
+        prepare = Job.objects.get(pk=args.target)
+    if args.kind == "eventstream":
+        from django_eventstream import send_event
+        from django_eventstream.models import Event  # noqa: F401  (warm the import)
+
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    ready, _, _ = select.select([sys.stdin], [], [], 120)
+    if not ready:
+        return 2
+    sys.stdin.readline()
+    cpu0 = time.process_time()
+    stats: dict[str, Any]
+    if args.kind == "ours":
+        from benchmarks import jobs_work
+
+        if args.mode == "progress":
+            stats = jobs_work.progress_loop(args.target, args.n)
+        else:
+            assert prepare is not None
+            stats = jobs_work.publish_events(args.target, args.n, args.rate, args.max_seconds)
+    elif args.kind == "naive":
+
+        def send(i: int, t: float) -> Any:
+            return layer.group_send(
+                group, {"type": "bench.event", "data": json.dumps({"t": t, "i": i})}
+            )
+
+        stats = asyncio.run(run_async(args.n, args.rate, send, args.max_seconds))
+    else:
+
+        def send_es(i: int, t: float) -> None:
+            send_event(args.target, "bench", {"t": t, "i": i})
+
+        stats = run_sync(args.n, args.rate, send_es, args.max_seconds)
+    stats["publisher_cpu_s"] = time.process_time() - cpu0
+    if args.kind == "ours":
+        from django_sse.delivery import publisher
+
+        stats["layer_flushed"] = publisher.flush(10.0)
+    sys.stdout.write(json.dumps(stats) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
