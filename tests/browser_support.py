@@ -16,25 +16,35 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import (
+    ROOT,
+    child_env,
+    create_database,
+    drop_database,
+    free_port,
+    pg_connect,
+    read_log,
+    run_id,
+    start_daphne,
+    stop_process,
+    wait_listening,
+)
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 MANAGE = str(ROOT / "example_project" / "manage.py")
 SETTINGS_MODULE = "example_project.settings"
@@ -62,8 +72,6 @@ CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Anything the example's processes log at these levels is unexpected in the browser scenarios.
 SERVER_ERRORS = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|WARNING django_sse")
 
-T = TypeVar("T")
-
 
 def unavailable(message: str) -> None:
     """A missing browser or service: a failure under CI=true, a skip elsewhere."""
@@ -87,7 +95,7 @@ def check_browser() -> None:
 def check_services() -> None:
     if USE_POSTGRES:
         try:
-            with _pg_admin():
+            with pg_connect(DATABASE_URL):
                 pass
         except Exception as exc:
             unavailable(f"PostgreSQL not reachable at DATABASE_URL={DATABASE_URL}: {exc}")
@@ -104,63 +112,7 @@ def check_services() -> None:
             unavailable(f"Redis not reachable at REDIS_URL={REDIS_URL}: {exc}")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
-    """Call ``predicate`` until it returns something truthy or ``timeout`` passes; returns the
-    last value (bounded in time and in the number of calls)."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    for _ in range(int(timeout / interval) + 1):
-        if value or time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-        value = predicate()
-    return value
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float = 5, signals: int = 1) -> None:
-    """SIGTERM (``signals`` times, ``timeout`` seconds apart), then SIGKILL."""
-    for _ in range(signals):
-        if process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout)
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout)
-
-
 # -- the database -----------------------------------------------------------------------------
-
-
-def _pg_admin() -> Any:
-    import psycopg
-
-    url = urlparse(DATABASE_URL)
-    return psycopg.connect(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password or "",
-        dbname="postgres",
-        autocommit=True,
-        connect_timeout=5,
-    )
 
 
 def _pg_url(db_name: str) -> str:
@@ -196,9 +148,7 @@ class LogFile:
     def text(self, since: int = 0) -> str:
         if not self.path.exists():
             return ""
-        with open(self.path, "rb") as f:
-            f.seek(since)
-            return f.read().decode("utf-8", "replace")
+        return read_log(self.path, since)
 
     def access(self, path_prefix: str, since: int = 0) -> list[AccessEntry]:
         """Completed responses to paths starting with ``path_prefix``. Daphne writes a line when
@@ -259,28 +209,15 @@ class Daphne:
     def start(self, timeout: float = 20) -> None:
         assert self.process is None or self.process.poll() is not None, "already running"
         with open(self.log.path, "ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    ASGI_APPLICATION,
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
+            self.process = start_daphne(
+                self.port,
+                self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                application=ASGI_APPLICATION,
             )
         self.starts += 1
-        process = self.process
-        wait_until(lambda: process.poll() is not None or listening(self.port), timeout, 0.05)
-        assert process.poll() is None, f"Daphne exited:\n{self.log.text()[-4000:]}"
-        assert listening(self.port), f"Daphne did not listen in {timeout} s:\n{self.log.text()}"
+        wait_listening(self.process, self.port, lambda: self.log.text()[-4000:], timeout, 0.05)
 
     def kill(self) -> None:
         """A crash: SIGKILL, no goodbye to the open streams."""
@@ -306,21 +243,16 @@ class ExampleSite:
     servers: list[Daphne] = field(default_factory=list)
 
     def setup(self) -> None:
-        run_id = f"{os.getpid()}_{secrets.token_hex(4)}"
-        env = dict(os.environ)
-        env.pop("SSE_CORS_ALLOWED_ORIGINS", None)
-        env.update(
+        inherited = dict(os.environ)
+        inherited.pop("SSE_CORS_ALLOWED_ORIGINS", None)
+        env = child_env(
+            inherited,
             DJANGO_SETTINGS_MODULE=SETTINGS_MODULE,
             REPORT_STEP_SECONDS=str(self.step_seconds),
-            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-            PYTHONUNBUFFERED="1",
         )
         if USE_POSTGRES:
-            from psycopg import sql
-
-            self.db_name = f"django_sse_browser_{run_id}"
-            with _pg_admin() as admin:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db_name)))
+            self.db_name = f"django_sse_browser_{run_id()}"
+            create_database(DATABASE_URL, self.db_name)
             env["DATABASE_URL"] = _pg_url(self.db_name)
         else:
             env.pop("DATABASE_URL", None)
@@ -384,14 +316,7 @@ class ExampleSite:
             with contextlib.suppress(Exception):
                 stop_process(self.worker, timeout=5, signals=2)
         if USE_POSTGRES and self.db_name:
-            from psycopg import sql
-
-            with _pg_admin() as admin:
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(self.db_name)
-                    )
-                )
+            drop_database(DATABASE_URL, self.db_name)
         if os.environ.get("BROWSER_KEEP_LOGS"):
             print(f"browser test logs kept in {self.tmp}")
         else:

@@ -38,10 +38,9 @@ from tests.e2e_support import (
     pg_url,
     process_env,
     run_database,
-    run_id,
-    run_module,
 )
-from tests.test_e2e_daphne import ROOT, _stop, client, open_stream, wait_until
+from tests.processes import ROOT, delete_redis_keys, run_id, run_module, stop_process, wait_until
+from tests.test_e2e_daphne import client, open_stream
 
 # Always PostgreSQL (and Redis where needed), whatever DATABASE_URL / REDIS_URL say.
 pytestmark = [pytest.mark.e2e, pytest.mark.services, pytest.mark.pgredis]
@@ -65,19 +64,6 @@ def _broker_url(redis_url: str) -> str:
     parts = urlparse(redis_url)
     layer_db = parts.path.strip("/") or "0"
     return urlunparse(parts._replace(path="/4" if layer_db == "3" else "/3"))
-
-
-def _delete_keys(url: str, pattern: str) -> int:
-    import redis
-
-    connection = redis.Redis.from_url(url, socket_timeout=5)
-    try:
-        keys = list(connection.scan_iter(pattern, count=1000))
-        if keys:
-            connection.delete(*keys)
-        return len(keys)
-    finally:
-        connection.close()
 
 
 @dataclass
@@ -115,8 +101,8 @@ def celery_run() -> Iterator[CeleryRun]:
     layer_prefix = f"django_sse_celery_layer_{rid}"
     log_dir = Path(tempfile.mkdtemp(prefix="django_sse_celery_"))
     with contextlib.ExitStack() as stack:
-        stack.callback(_delete_keys, broker, f"{keyprefix}*")
-        stack.callback(_delete_keys, redis_url, f"{layer_prefix}*")
+        stack.callback(delete_redis_keys, broker, f"{keyprefix}*")
+        stack.callback(delete_redis_keys, redis_url, f"{layer_prefix}*")
         db_name = stack.enter_context(run_database("django_sse_celery"))
         env = process_env(
             DJANGO_SETTINGS_MODULE="tests.e2e_settings",
@@ -160,7 +146,7 @@ def celery_run() -> Iterator[CeleryRun]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        stack.callback(_stop, worker, 10)
+        stack.callback(stop_process, worker, 10)
         sender = make_app(broker, queue, keyprefix, fixups=[], set_as_current=False)
         stack.callback(sender.close)
         run = CeleryRun(

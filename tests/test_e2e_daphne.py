@@ -15,30 +15,42 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlparse
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.processes import (
+    child_env,
+    close_pipes,
+    create_database,
+    delete_redis_keys,
+    drop_database,
+    free_port,
+    pg_connect,
+    read_log,
+    run_id,
+    run_module,
+    start_daphne,
+    start_publisher,
+    stop_process,
+    wait_listening,
+    wait_until,
+)
 from tests.sse_parser import Parser
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
 USE_POSTGRES = DATABASE_URL.startswith("postgres")
@@ -73,28 +85,6 @@ SERVER_ERRORS = re.compile(
     r"Traceback|\bERROR\b|CRITICAL|took too long to shut down|WARNING django_sse"
 )
 
-T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
-    """Call ``predicate`` until it returns something truthy or ``timeout`` passes; returns the
-    last value (bounded in time and in the number of calls)."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    for _ in range(int(timeout / interval) + 1):
-        if value or time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-        value = predicate()
-    return value
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
@@ -126,24 +116,9 @@ def fds_to(pid: int, path: str) -> int:
 # -- the shared database ----------------------------------------------------------------------
 
 
-def _pg_admin() -> Any:
-    import psycopg
-
-    url = urlparse(DATABASE_URL)
-    return psycopg.connect(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password or "",
-        dbname="postgres",
-        autocommit=True,
-        connect_timeout=5,
-    )
-
-
 def pg_connections(dbname: str) -> int:
     """Connections to ``dbname`` (the test process never connects to it)."""
-    with _pg_admin() as admin:
+    with pg_connect(DATABASE_URL) as admin:
         row = admin.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             [dbname],
@@ -166,44 +141,24 @@ class E2E:
         return fds_to(pid, self.db_name)
 
 
-def _run_tool(env: dict[str, str], *args: str, timeout: float = 60) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.e2e_tool", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, f"e2e_tool {args} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def e2e() -> Iterator[E2E]:
-    run_id = f"{os.getpid()}_{secrets.token_hex(4)}"
+    rid = run_id()
     tmp = tempfile.mkdtemp(prefix="django_sse_e2e_")
     if USE_POSTGRES:
-        from psycopg import sql
-
-        db_name = f"django_sse_e2e_{run_id}"
-        with _pg_admin() as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
+        db_name = f"django_sse_e2e_{rid}"
+        create_database(DATABASE_URL, db_name)
     else:
         db_name = os.path.join(tmp, "e2e.sqlite3")
-    env = dict(os.environ)
-    env.update(
+    env = child_env(
         DJANGO_SETTINGS_MODULE="tests.e2e_settings",
         DJANGO_SSE_E2E_DB=db_name,
-        DJANGO_SSE_E2E_PREFIX=f"django_sse_e2e_{run_id}",
+        DJANGO_SSE_E2E_PREFIX=f"django_sse_e2e_{rid}",
         DJANGO_SSE_E2E_POLL_SECONDS=str(POLL_SECONDS),
         DJANGO_SSE_E2E_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-        PYTHONUNBUFFERED="1",
     )
     try:
-        made = json.loads(_run_tool(env, "setup", "--jobs", str(Jobs.COUNT)))
+        made = json.loads(run_module(env, "tests.e2e_tool", "setup", "--jobs", str(Jobs.COUNT)))
         yield E2E(
             env,
             db_name,
@@ -214,23 +169,10 @@ def e2e() -> Iterator[E2E]:
         )
     finally:
         if USE_POSTGRES:
-            from psycopg import sql
-
-            with _pg_admin() as admin:
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(db_name)
-                    )
-                )
+            drop_database(DATABASE_URL, db_name)
         if REDIS_URL:
             with contextlib.suppress(Exception):
-                import redis
-
-                client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-                keys = list(client.scan_iter(f"{env['DJANGO_SSE_E2E_PREFIX']}*", count=1000))
-                if keys:
-                    client.delete(*keys)
-                client.close()
+                delete_redis_keys(REDIS_URL, f"{env['DJANGO_SSE_E2E_PREFIX']}*")
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -256,25 +198,12 @@ class Server:
         return self.log_path.stat().st_size
 
     def log(self, since: int = 0) -> str:
-        with open(self.log_path, "rb") as f:
-            f.seek(since)
-            return f.read().decode("utf-8", "replace")
+        return read_log(self.log_path, since)
 
     def assert_no_errors(self, since: int) -> None:
         text = self.log(since)
         assert not SERVER_ERRORS.search(text), f"server log has errors:\n{text}"
         assert self.process.poll() is None, f"server died:\n{text}"
-
-
-def _stop(process: subprocess.Popen[Any], timeout: float = 5) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout)
 
 
 @pytest.fixture(scope="module")
@@ -283,40 +212,12 @@ def server(e2e: E2E) -> Iterator[Server]:
     log_dir = Path(tempfile.mkdtemp(prefix="django_sse_e2e_log_"))
     log_path = log_dir / "daphne.log"
     with open(log_path, "wb") as log, open(log_dir / "access.log", "wb") as access:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "tests.asgi:application",
-            ],
-            cwd=ROOT,
-            env=e2e.env,
-            stdin=subprocess.DEVNULL,
-            stdout=access,
-            stderr=log,
-        )
+        process = start_daphne(port, e2e.env, stdout=access, stderr=log)
     try:
-
-        def listening() -> bool:
-            if process.poll() is not None:
-                return True  # died: stop waiting
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(listening, timeout=20, interval=0.1)
-        assert process.poll() is None, f"Daphne exited:\n{log_path.read_text()}"
-        assert listening(), f"Daphne did not listen within 20 s:\n{log_path.read_text()}"
+        wait_listening(process, port, log_path.read_text)
         yield Server(process, port, log_path, e2e.owner_session, e2e.other_session)
     finally:
-        _stop(process)
+        stop_process(process)
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
@@ -326,34 +227,14 @@ def spawn(e2e: E2E) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
 
     def start(job_id: str, steps: int, interval: float) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.e2e_tool",
-                "publish",
-                job_id,
-                "--steps",
-                str(steps),
-                "--interval",
-                str(interval),
-            ],
-            cwd=ROOT,
-            env=e2e.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_publisher(e2e.env, job_id, steps, interval)
         started.append(process)
         return process
 
     yield start
     for process in started:
-        _stop(process)
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
+        stop_process(process)
+        close_pipes(process)
 
 
 def published_times(process: subprocess.Popen[str], timeout: float = 20) -> dict[int, float]:
@@ -762,7 +643,7 @@ def test_stream_ends_when_the_session_is_revoked(server: Server, e2e: E2E) -> No
         try:
             assert stream.response.status_code == 200
             stream.read_first_chunk()
-            _run_tool(e2e.env, "logout", session)
+            run_module(e2e.env, "tests.e2e_tool", "logout", session)
             logged_out = time.monotonic()
             stream.read_to_end(timeout=2 * HEARTBEAT_SECONDS + 5)
             ended_after = time.monotonic() - logged_out

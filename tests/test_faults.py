@@ -38,19 +38,10 @@ from tests.e2e_support import (
     pg_url,
     process_env,
     run_database,
-    run_id,
-    run_module,
 )
+from tests.processes import ROOT, close_pipes, run_id, run_module, wait_until
 from tests.tcp_proxy import TcpProxy
-from tests.test_e2e_daphne import (
-    CONTENT_TYPE,
-    ROOT,
-    SESSION_COOKIE,
-    Stream,
-    client,
-    open_stream,
-    wait_until,
-)
+from tests.test_e2e_daphne import CONTENT_TYPE, SESSION_COOKIE, Stream, client, open_stream
 
 # Always PostgreSQL (and Redis where needed), whatever DATABASE_URL / REDIS_URL say.
 pytestmark = [pytest.mark.e2e, pytest.mark.services, pytest.mark.pgredis]
@@ -435,9 +426,7 @@ def test_publisher_killed_mid_transaction_leaks_nothing(faults: Faults) -> None:
                 if dying.poll() is None:
                     dying.kill()
                     dying.wait(10)
-                for pipe in (dying.stdout, dying.stderr):
-                    if pipe is not None:
-                        pipe.close()
+                close_pipes(dying)
             assert dying.returncode == -signal.SIGKILL
 
             # PostgreSQL rolls the dead transaction back and releases the row lock; the next

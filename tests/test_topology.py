@@ -24,7 +24,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.test_e2e_daphne import SERVER_ERRORS, wait_until
+from tests.processes import wait_until
+from tests.test_e2e_daphne import SERVER_ERRORS
 from tests.topology_support import (
     LAYER,
     Daphne,

@@ -11,14 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,16 +25,29 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import pytest
 
+from tests.processes import (
+    child_env,
+    close_pipes,
+    delete_redis_keys,
+    free_port,
+    pg_connect,
+    pg_database,
+    read_log,
+    run_id,
+    run_module,
+    start_daphne,
+    start_publisher,
+    stop_process,
+    wait_listening,
+    wait_until,
+)
 from tests.services import DATABASE_URL, require, require_redis
 from tests.sse_parser import Parser
-from tests.test_e2e_daphne import free_port, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 # The layer class the suite runs on (the nox matrix sets it; empty means the core layer).
 LAYER = os.environ.get("REDIS_LAYER") or "core"
 TERMINAL_TYPES = frozenset({"succeeded", "failed", "cancelled"})
@@ -64,18 +75,6 @@ def redis_server_binary() -> str:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def stop_process(process: subprocess.Popen[Any], timeout: float = 5) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time; always reaped."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout)
-
-
 class Processes:
     """Every process a test starts, stopped (in reverse order) by :meth:`stop_all`."""
 
@@ -89,19 +88,8 @@ class Processes:
     def stop_all(self) -> None:
         for process in reversed(self.started):
             stop_process(process)
-            for pipe in (process.stdout, process.stderr):
-                if pipe is not None:
-                    with contextlib.suppress(OSError):
-                        pipe.close()
+            close_pipes(process)
         self.started.clear()
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class RedisServer:
@@ -177,32 +165,15 @@ class Daphne:
             log.write(f"--- daphne start #{self.incarnations}\n".encode())
             log.flush()
             self.process = self.processes.add(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "daphne",
-                        "-b",
-                        "127.0.0.1",
-                        "-p",
-                        str(self.port),
-                        "tests.asgi:application",
-                    ],
-                    cwd=ROOT,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,  # the access log
-                    stderr=log,
-                )
+                # stdout: the access log
+                start_daphne(self.port, self.env, stdout=subprocess.DEVNULL, stderr=log)
             )
         return self
 
     def wait_listening(self, timeout: float = 20) -> Daphne:
         process = self.process
         assert process is not None
-        wait_until(lambda: process.poll() is not None or _port_open(self.port), timeout, 0.1)
-        assert process.poll() is None, f"Daphne exited:\n{self.log()}"
-        assert _port_open(self.port), f"Daphne did not listen within {timeout} s:\n{self.log()}"
+        wait_listening(process, self.port, self.log, timeout)
         return self
 
     def kill(self) -> None:
@@ -229,9 +200,7 @@ class Daphne:
         return self.log_path.stat().st_size
 
     def log(self, since: int = 0) -> str:
-        with open(self.log_path, "rb") as f:
-            f.seek(since)
-            return f.read().decode("utf-8", "replace")
+        return read_log(self.log_path, since)
 
 
 def start_servers(
@@ -245,35 +214,6 @@ def start_servers(
 
 
 # -- the shared database -----------------------------------------------------------------------
-
-
-def pg_connect(database_url: str, dbname: str) -> Any:
-    import psycopg
-
-    url = urlparse(database_url)
-    return psycopg.connect(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password or "",
-        dbname=dbname,
-        autocommit=True,
-        connect_timeout=5,
-    )
-
-
-def run_tool(env: dict[str, str], *args: str, timeout: float = 60) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.e2e_tool", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, f"e2e_tool {args} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 @dataclass
@@ -306,8 +246,7 @@ class Site:
         redis_url = redis_url or self.redis_url
         prefix = f"django_sse_topo_{self.run_id}{prefix}"
         self.prefixes.append((redis_url, prefix))
-        env = dict(os.environ)
-        env.update(
+        return child_env(
             DJANGO_SETTINGS_MODULE="tests.e2e_settings",
             DATABASE_URL=self.database_url,
             REDIS_URL=redis_url,
@@ -316,10 +255,7 @@ class Site:
             DJANGO_SSE_E2E_PREFIX=prefix,
             DJANGO_SSE_E2E_POLL_SECONDS=str(poll_seconds),
             DJANGO_SSE_E2E_HEARTBEAT_SECONDS=str(heartbeat_seconds),
-            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-            PYTHONUNBUFFERED="1",
         )
-        return env
 
     def stored_seqs(self, job_id: str) -> tuple[list[int], str, int]:
         """The job's stored event numbers, its status and its ``last_seq``."""
@@ -339,27 +275,18 @@ class Site:
 
 @contextlib.contextmanager
 def make_site(jobs: int) -> Iterator[Site]:
-    from psycopg import sql
-
     database_url, redis_url = require_services()
-    run_id = f"{os.getpid()}_{secrets.token_hex(4)}"
-    db_name = f"django_sse_topo_{run_id}"
+    rid = run_id()
     log_dir = Path(tempfile.mkdtemp(prefix="django_sse_topo_"))
-    with pg_connect(database_url, "postgres") as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
-    site = Site(database_url, redis_url, db_name, run_id, log_dir, "", [])
+    site = Site(database_url, redis_url, f"django_sse_topo_{rid}", rid, log_dir, "", [])
     try:
-        made = json.loads(
-            run_tool(site.env(poll_seconds=1, heartbeat_seconds=15), "setup", "--jobs", str(jobs))
-        )
-        site.owner_session = made["owner_session"]
-        site.jobs = list(made["jobs"])
-        yield site
+        with pg_database(database_url, site.db_name):
+            env = site.env(poll_seconds=1, heartbeat_seconds=15)
+            made = json.loads(run_module(env, "tests.e2e_tool", "setup", "--jobs", str(jobs)))
+            site.owner_session = made["owner_session"]
+            site.jobs = list(made["jobs"])
+            yield site
     finally:
-        with pg_connect(database_url, "postgres") as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name))
-            )
         _delete_redis_keys(site.prefixes)
         if os.environ.get("DJANGO_SSE_TOPOLOGY_KEEP_LOGS"):
             print(f"logs kept in {log_dir}")
@@ -369,17 +296,9 @@ def make_site(jobs: int) -> Iterator[Site]:
 
 def _delete_redis_keys(prefixes: list[tuple[str, str]]) -> None:
     """Remove the keys the core layer left on the shared Redis (pub/sub leaves none)."""
-    import redis
-
     for url, prefix in set(prefixes):
         with contextlib.suppress(Exception):
-            client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-            try:
-                keys = list(client.scan_iter(f"{prefix}*", count=1000))
-                if keys:
-                    client.delete(*keys)
-            finally:
-                client.close()
+            delete_redis_keys(url, f"{prefix}*", timeout=2)
 
 
 # -- publishers --------------------------------------------------------------------------------
@@ -401,25 +320,7 @@ class Publisher:
     ) -> None:
         self.started_at = time.time()
         self.process: subprocess.Popen[str] = processes.add(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.e2e_tool",
-                    "publish",
-                    job_id,
-                    "--steps",
-                    str(steps),
-                    "--interval",
-                    str(interval),
-                ],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            start_publisher(env, job_id, steps, interval)
         )
 
     def finish(self, timeout: float = 30) -> Published:
