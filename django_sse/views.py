@@ -57,10 +57,23 @@ def _refuse(request: HttpRequest, job_id: str, reason: str) -> Http404:
     return Http404("No job found.")
 
 
-def _resume_point(request: HttpRequest, job_id: uuid.UUID) -> int:
+def _raw_resume_point(request: HttpRequest) -> str | None:
+    """The browser's ``Last-Event-ID`` header (sent on reconnection), else the
+    ``last_event_id`` query parameter (a first connection cannot send headers)."""
     raw = request.headers.get("Last-Event-ID")
-    if raw is None:
-        raw = request.GET.get("last_event_id")
+    return request.GET.get("last_event_id") if raw is None else raw
+
+
+def _job_uuid(request: HttpRequest, job_id: str) -> uuid.UUID:
+    """The job id of the URL, or the common 404."""
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise _refuse(request, job_id, "malformed id") from None
+
+
+def _resume_point(request: HttpRequest, job_id: uuid.UUID) -> int:
+    raw = _raw_resume_point(request)
     if raw is None:
         return 0
     resume = parse_resume_id(raw)
@@ -80,10 +93,7 @@ def _resume_point(request: HttpRequest, job_id: uuid.UUID) -> int:
 @require_safe
 async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     """Stream the events of one job to its owner as Server-Sent Events."""
-    try:
-        job_uuid = uuid.UUID(job_id)
-    except ValueError:
-        raise _refuse(request, job_id, "malformed id") from None
+    job_uuid = _job_uuid(request, job_id)
     try:
         access = await run_in_db_thread(authorize_stream, request, job_uuid)
     except DatabaseError as exc:
@@ -140,10 +150,7 @@ def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
     ``202`` with ``{"status": "cancel_requested"}``, or ``409`` with ``{"error": ...}`` when
     the job has already ended.
     """
-    try:
-        job_uuid = uuid.UUID(job_id)
-    except ValueError:
-        raise _refuse(request, job_id, "malformed id") from None
+    job_uuid = _job_uuid(request, job_id)
     access = authorize_stream(request, job_uuid)
     if access is None:
         raise _refuse(request, job_id, "not allowed")
@@ -171,9 +178,7 @@ async def session_events(request: HttpRequest) -> HttpResponseBase:
     if not user.is_authenticated and session_key is None:
         # No user and no session: no job can be theirs, now or later. Stop reconnecting.
         return _allow_origin(request, HttpResponse(status=204))
-    raw = request.headers.get("Last-Event-ID")
-    if raw is None:
-        raw = request.GET.get("last_event_id")
+    raw = _raw_resume_point(request)
     resume = decode_resume_point(raw)
     if raw is not None and resume is None:
         logger.warning(
