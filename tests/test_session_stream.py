@@ -193,3 +193,32 @@ async def test_invalid_resume_point_starts_afresh(
     assert received(client) == [(str(job.pk), 1, "step")]
     assert "Ignored an invalid Last-Event-ID for a session stream" in caplog.text
     await client.disconnect()
+
+
+async def test_unreachable_database_gives_a_stream_that_asks_to_retry(
+    hub_cleanup: None, owner_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("django_sse.views.identify", unreachable)
+    client = StreamClient(URL, session_key=owner_key)
+    assert await client.start() == 200
+    assert client.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert await client.read_to_end() == b"retry: 3000\n\n"
+
+
+async def test_database_lost_while_looking_for_jobs_ends_after_retry(
+    hub_cleanup: None, owner_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr("django_sse.session_stream.find_jobs", unreachable)
+    client = StreamClient(URL, session_key=owner_key)
+    assert await client.start() == 200
+    assert await client.read_to_end() == b"retry: 3000\n\n"
