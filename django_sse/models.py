@@ -112,7 +112,9 @@ class Job(lifecycle.JobLifecycleMixin, models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name or _('Job')} ({self.get_status_display()})"
+        # Outside the f-string: xgettext (makemessages) does not look inside f-strings.
+        name = self.name or _("Job")
+        return f"{name} ({self.get_status_display()})"
 
     @property
     def is_finished(self) -> bool:
