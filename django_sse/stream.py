@@ -18,11 +18,11 @@ from django.db import DatabaseError
 from django_sse.auth import Access, reauthorize_stream
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
-from django_sse.hub import Subscriber, get_hub
+from django_sse.hub import Delivery, Subscriber, get_hub
 from django_sse.queries import StoredEvent, fetch_events
 from django_sse.sse import HEARTBEAT, encode_event, encode_retry
 from django_sse.threads import release_request_thread
-from django_sse.validation import TERMINAL_TYPES
+from django_sse.validation import EVENT_TYPE_RE, TERMINAL_TYPES
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -90,17 +90,33 @@ class JobStream:
             )
 
     def _encode(self, events: list[StoredEvent]) -> bytes:
-        parts = []
-        for event in events:
-            if event.seq <= self.last_seq:
+        """A page of stored events as one chunk (a replay runs through here: keep it lean)."""
+        parts: list[str] = []
+        plain_types: set[str] = set()  # types known to need no check
+        last_seq = self.last_seq
+        sent = 0
+        for seq, type_, data in events:
+            if seq <= last_seq:
                 continue
-            parts.append(encode_event(event.data, event=event.type, id=event.seq))
-            self.last_seq = event.seq
-            self.sent += 1
-            if event.type in TERMINAL_TYPES:
+            if type_ not in plain_types and EVENT_TYPE_RE.match(type_):
+                plain_types.add(type_)
+            if type_ in plain_types and "\n" not in data and "\r" not in data:
+                # What encode_event() makes of it (JSON text is always one line).
+                parts.append(f"id: {seq}\nevent: {type_}\ndata: {data}\n\n")
+            else:
+                parts.append(encode_event(data, event=type_, id=seq).decode("utf-8"))
+            last_seq = seq
+            sent += 1
+            if type_ in TERMINAL_TYPES:
                 self.reason = "job finished"
                 break
-        return b"".join(parts)
+        self.last_seq = last_seq
+        self.sent += sent
+        return "".join(parts).encode("utf-8")
+
+    def _live_chunk(self, delivery: Delivery) -> bytes:
+        """The bytes of a live event: encoded once by the hub, for every stream."""
+        return delivery.chunk
 
     async def _read(self, upto: int | None = None) -> AsyncIterator[bytes]:
         """Stored events after ``last_seq`` (up to ``upto``), a page per chunk."""
@@ -145,7 +161,7 @@ class JobStream:
                     if seq > self.last_seq + 1:
                         async for missing in self._read(upto=seq - 1):
                             parts.append(missing)
-                    parts.append(delivery.chunk)
+                    parts.append(self._live_chunk(delivery))
                     self.last_seq = seq
                     self.sent += 1
                     if delivery.terminal:

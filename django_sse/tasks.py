@@ -3,7 +3,8 @@
 ``tracks_job`` wraps a function whose first argument is the job (or its id). The job is
 started, succeeds with the return value, fails on an exception (the traceback is logged; the
 browser gets a safe message) and is cancelled when the function raises ``CancelRequested``
-(``job.raise_if_cancel_requested()``)::
+(``job.raise_if_cancel_requested()``). A worker stopped by ``KeyboardInterrupt`` or
+``SystemExit`` fails the job (so it is not left "running") and the exception goes on::
 
     @shared_task                      # or Django's @task
     @tracks_job
@@ -37,6 +38,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_ERROR_MESSAGE = "The job failed."
+INTERRUPTED_MESSAGE = "The worker stopped before the job was done."
 
 
 def _load(job: Job | uuid.UUID | str) -> Job:
@@ -126,6 +128,10 @@ def tracks_job(
                 except CancelRequested:
                     await sync_to_async(_end)(loaded, "cancelled", None, error_message)
                     return None
+                except (KeyboardInterrupt, SystemExit):
+                    # The worker is going down: don't leave the job "running" forever.
+                    await sync_to_async(_end)(loaded, "failed", None, INTERRUPTED_MESSAGE)
+                    raise
                 except Exception:
                     logger.exception("Job %s failed.", loaded.pk)
                     await sync_to_async(_end)(loaded, "failed", None, error_message)
@@ -147,6 +153,10 @@ def tracks_job(
             except CancelRequested:
                 _end(loaded, "cancelled", None, error_message)
                 return None
+            except (KeyboardInterrupt, SystemExit):
+                # The worker is going down: don't leave the job "running" forever.
+                _end(loaded, "failed", None, INTERRUPTED_MESSAGE)
+                raise
             except Exception:
                 logger.exception("Job %s failed.", loaded.pk)
                 _end(loaded, "failed", None, error_message)

@@ -16,6 +16,7 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.utils.cache import patch_vary_headers
+from django.utils.translation import gettext
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
@@ -23,6 +24,7 @@ from django_sse.auth import authorize_stream, identify
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.exceptions import JobFinished
+from django_sse.fragments import FORMATS, FragmentStream
 from django_sse.resume import decode_resume_point
 from django_sse.session_stream import SessionStream, parse_only
 from django_sse.sse import encode_retry
@@ -92,7 +94,15 @@ def _resume_point(request: HttpRequest, job_id: uuid.UUID) -> int:
 @csrf_exempt
 @require_safe
 async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
-    """Stream the events of one job to its owner as Server-Sent Events."""
+    """Stream the events of one job to its owner as Server-Sent Events (their data as JSON,
+    or with ``?format=html`` as HTML fragments for htmx, see ``fragments.py``)."""
+    output = request.GET.get("format", "json")
+    if output not in FORMATS:
+        return HttpResponse(
+            f"format must be one of: {', '.join(FORMATS)}.",
+            status=400,
+            content_type="text/plain; charset=utf-8",
+        )
     job_uuid = _job_uuid(request, job_id)
     try:
         access = await run_in_db_thread(authorize_stream, request, job_uuid)
@@ -124,7 +134,8 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         return _allow_origin(request, HttpResponse(status=204))
     if request.method == "HEAD":
         return _allow_origin(request, _stream_headers(HttpResponse()))
-    stream = JobStream(request, access, resume)
+    stream_class = FragmentStream if output == "html" else JobStream
+    stream = stream_class(request, access, resume)
     return _allow_origin(request, _stream_headers(StreamingHttpResponse(stream.events())))
 
 
@@ -157,7 +168,7 @@ def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
     try:
         access.job.request_cancel()
     except JobFinished:
-        return JsonResponse({"error": "The job has already ended."}, status=409)
+        return JsonResponse({"error": gettext("The job has already ended.")}, status=409)
     logger.info("Cancel requested: job=%s user=%s", job_uuid, describe_user(access.user))
     return JsonResponse({"status": "cancel_requested"}, status=202)
 

@@ -126,6 +126,8 @@ ACCESS_LINE = re.compile(r'^\S+ - - \[[^\]]+\] "(?P<method>[A-Z]+) (?P<path>\S+)
 STREAM_OPENED = re.compile(
     r"Stream opened: job=(?P<job>[0-9a-f-]{36}) user=(?P<user>\S+) resume=(?P<resume>\d+)"
 )
+# The stream of all of a visitor's jobs (what the template tag's bars share).
+SESSION_STREAM_OPENED = re.compile(r"Session stream opened: user=(?P<user>\S+)")
 STREAM_REFUSED = re.compile(
     r"Stream refused: job=(?P<job>\S+) user=(?P<user>\S+) reason=(?P<reason>.+)$"
 )
@@ -180,6 +182,10 @@ class LogFile:
     def streams_opened(self, job_id: str, since: int = 0) -> list[dict[str, str]]:
         """The ``Stream opened`` lines of one job: one per 200 stream response."""
         return [m for m in self._django_sse_lines(STREAM_OPENED, since) if m["job"] == job_id]
+
+    def session_streams_opened(self, since: int = 0) -> list[dict[str, str]]:
+        """The ``Session stream opened`` lines: one per 200 response of ``/sse/events/``."""
+        return self._django_sse_lines(SESSION_STREAM_OPENED, since)
 
     def streams_refused(self, job_id: str, since: int = 0) -> list[dict[str, str]]:
         return [m for m in self._django_sse_lines(STREAM_REFUSED, since) if m["job"] == job_id]

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -546,3 +547,206 @@ def test_screenshots_of_the_report_page(server: Daphne, new_context: Any) -> Non
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n"), path
         assert len(data) > 10_000, (path, len(data))
+
+
+# -- the client library: many jobs and tabs on one connection, the tag, htmx, Cancel -----------
+
+BATCH_SIZE = 10  # example_project.reports.views.BATCH_SIZE
+BATCH_STEPS = 6  # example_project.reports.views.BATCH_STEPS
+BARS = "[data-django-sse-job]"
+
+
+def bar_states(page: Any) -> list[dict[str, Any]]:
+    states: list[dict[str, Any]] = page.evaluate(
+        """sel => [...document.querySelectorAll(sel)].map(el => {
+            const bar = el.querySelector('[role=progressbar]');
+            return {
+              job: el.dataset.djangoSseJob,
+              status: el.dataset.djangoSseStatus,
+              seq: Number(el.dataset.djangoSseSeq),
+              now: bar.getAttribute('aria-valuenow'),
+              max: bar.getAttribute('aria-valuemax'),
+              text: el.querySelector('[data-django-sse-bind=status]').textContent,
+            };
+        })""",
+        BARS,
+    )
+    return states
+
+
+def wait_for_bars(page: Any, status: str, count: int, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function(
+        """([sel, status, count]) => [...document.querySelectorAll(sel)]
+            .filter(el => el.dataset.djangoSseStatus === status).length >= count""",
+        arg=[BARS, status, count],
+        timeout=timeout_ms,
+    )
+
+
+def resume_positions(url: str) -> dict[str, int]:
+    """The per-job positions (job id prefix -> seq) of an all-jobs stream's resume point."""
+    match = re.search(r"last_event_id=([0-9a-z.]+)", url)
+    assert match is not None, url
+    _, *entries = match[1].split(".")
+    return {entry[:8]: int(entry[8:], 36) for entry in entries}
+
+
+def session_events_by_job(page: Any) -> dict[str, list[tuple[int, str]]]:
+    """(seq, type) of every all-jobs stream event the page received, by job id prefix."""
+    by_job: dict[str, list[tuple[int, str]]] = {}
+    for event in server_events(page):
+        envelope = json.loads(event["data"])
+        by_job.setdefault(envelope["job"].replace("-", "")[:8], []).append(
+            (envelope["seq"], event["type"])
+        )
+    return by_job
+
+
+def test_ten_jobs_on_one_connection(server: Daphne, new_context: Any) -> None:
+    since = server.log.offset()
+    page = new_context(server.base_url).new_page()  # anonymous: only this batch is listed
+    page.goto("/")
+    page.get_by_role("button", name="Run ten reports").click()
+    page.wait_for_url(re.compile(r"/$"))
+    assert page.locator(BARS).count() == BATCH_SIZE
+
+    wait_for_bars(page, "succeeded", BATCH_SIZE)
+
+    states = bar_states(page)
+    assert [s["status"] for s in states] == ["succeeded"] * BATCH_SIZE
+    assert all(s["now"] == s["max"] == str(BATCH_STEPS) for s in states), states
+    assert all(s["text"] == "Succeeded" for s in states), states
+    # One EventSource for the ten bars, narrowed to them.
+    sources = [e for e in recorded(page) if e["kind"] == "new"]
+    assert len(sources) == 1, sources
+    assert "/sse/events/?jobs=" in sources[0]["url"]
+    assert all(s["job"] in unquote(sources[0]["url"]) for s in states)
+    # Every job's events once, in order, from right after what the page was rendered with.
+    start = resume_positions(sources[0]["url"])
+    received = session_events_by_job(page)
+    for state in states:
+        ref = state["job"].replace("-", "")[:8]
+        seqs = [seq for seq, _ in received.get(ref, [])]
+        assert seqs == list(range(start[ref] + 1, state["seq"] + 1)), (ref, start[ref], seqs)
+        assert received[ref][-1][1] == "succeeded"
+    opened = server.log.session_streams_opened(since)
+    print(f"ten-job page: {len(sources)} EventSource, {len(opened)} stream(s) opened on the server")
+    assert len(opened) == 1, opened
+    server.log.assert_no_errors(since)
+
+
+def test_three_tabs_share_one_connection_and_hand_it_over(server: Daphne, new_context: Any) -> None:
+    since = server.log.offset()
+    context = new_context(server.base_url)
+    first = context.new_page()
+    job_id = run_report(first)
+    job_url = first.url
+    tabs = [first]
+    for _ in range(2):
+        tab = context.new_page()
+        tab.goto(job_url)
+        tabs.append(tab)
+    wait_for_steps(tabs[2], 4)
+    opened = server.log.streams_opened(job_id, since)
+    print(f"three tabs of one job page: {len(opened)} stream(s) opened on the server")
+    assert len(opened) == 1, opened
+    # Only the first tab has an EventSource; the others are fed by it.
+    assert [len([e for e in recorded(t) if e["kind"] == "new"]) for t in tabs] == [1, 0, 0]
+
+    # The tab holding the connection goes away mid-run: another one takes over.
+    first.close()
+    for tab in tabs[1:]:
+        wait_for_status(tab, "succeeded")
+    for tab in tabs[1:]:
+        assert steps_of(log_lines(tab)) == list(range(1, STEPS + 1))
+        assert tab.locator("#job-badge").text_content() == "Succeeded"
+    opened = server.log.streams_opened(job_id, since)
+    assert len(opened) == 2, opened
+    # The new connection resumed where the tabs were, not from the start.
+    assert int(opened[1]["resume"]) >= 4, opened
+    taken_over = [len([e for e in recorded(t) if e["kind"] == "new"]) for t in tabs[1:]]
+    assert sorted(taken_over) == [0, 1], taken_over
+    server.log.assert_no_errors(since)
+
+
+def test_template_tag_shows_the_state_without_javascript(server: Daphne, browser: Any) -> None:
+    context = browser.new_context(base_url=server.base_url, java_script_enabled=False)
+    try:
+        context.set_default_timeout(15_000)
+        page = log_in(context, "demo")
+        job_id = run_report(page)  # the forms work without JavaScript
+        page.wait_for_timeout(2_500)  # a few steps
+        page.goto("/")
+        bar = page.locator(f'[data-django-sse-job="{job_id}"] [role=progressbar]')
+        now = int(bar.get_attribute("aria-valuenow") or "-1")
+        assert 0 <= now < STEPS
+        assert bar.get_attribute("aria-valuemax") == str(STEPS)
+        assert bar.get_attribute("aria-valuetext") == (
+            f"{now} of {STEPS} ({round(100 * now / STEPS)}%)"
+        )
+        label = page.locator(f"#{bar.get_attribute('aria-labelledby')}").text_content()
+        assert label == "Sales report"
+        status = page.locator(f'[data-django-sse-job="{job_id}"] [data-django-sse-bind=status]')
+        assert status.text_content() == "Running"
+        # Later, the server renders the newer state (no script ran on this page).
+        page.wait_for_timeout(1_500)
+        page.reload()
+        assert int(bar.get_attribute("aria-valuenow") or "-1") > now
+    finally:
+        context.close()
+
+
+def test_htmx_page_swaps_html_fragments(server: Daphne, new_context: Any) -> None:
+    since = server.log.offset()
+    page = log_in(new_context(server.base_url), "demo")
+    job_id = run_report(page)
+    page.goto(f"/reports/{job_id}/htmx/")
+    page.wait_for_selector("#htmx-status [data-status=succeeded]", timeout=JOB_TIMEOUT_MS)
+    assert page.locator("#htmx-status").text_content() == "Succeeded"
+    lines = page.locator("#htmx-log li").all_text_contents()
+    assert steps_of(lines) == list(range(1, STEPS + 1))
+    bar = page.locator("#htmx-progress [role=progressbar]")
+    assert bar.get_attribute("aria-valuenow") == str(STEPS)
+    # sse-close="end": htmx does not reconnect to the finished job.
+    page.wait_for_timeout(int((RETRY_SECONDS + 1) * 1000))
+    sources = [e for e in recorded(page) if e["kind"] == "new"]
+    assert len(sources) == 1, sources
+    assert "format=html" in sources[0]["url"]
+    assert len(server.log.streams_opened(job_id, since)) == 2  # the job page's, then htmx's
+    server.log.assert_no_errors(since)
+
+
+def test_cancel_from_the_job_page_and_from_a_bar(server: Daphne, new_context: Any) -> None:
+    since = server.log.offset()
+    page = log_in(new_context(server.base_url), "demo")
+    job_id = run_report(page)
+    wait_for_steps(page, 2)
+    page.get_by_role("button", name="Cancel").click()
+    wait_for_status(page, "cancelled")
+    assert page.locator("#job-badge").text_content() == "Cancelled"
+    types = [e["type"] for e in server_events(page)]
+    assert types.count("cancel_requested") == 1, types
+    assert types[-1] == "cancelled", types
+    # The worker reads the request at most CANCEL_CHECK_SECONDS (1 s, django_sse's default)
+    # after it was made: up to 1 / STEP_SECONDS + 1 steps (a log line and a progress value
+    # each) may come between the request and the end, never more.
+    between = types[types.index("cancel_requested") + 1 : -1]
+    steps_between = int(1.0 / STEP_SECONDS) + 1
+    assert set(between) <= {"log", "progress"} and len(between) <= 2 * steps_between, types
+    assert len(log_lines(page)) < STEPS
+    assert f"Cancel requested: job={job_id}" in server.log.text(since)
+
+    # The same from the home page's bar (the template tag's Cancel button).
+    other = run_report(page)
+    page.goto("/")
+    row = page.locator(f'[data-django-sse-job="{other}"]')
+    row.get_by_role("button", name="Cancel").click()
+    page.wait_for_function(
+        "id => document.querySelector(`[data-django-sse-job='${id}']`)"
+        ".dataset.djangoSseStatus === 'cancelled'",
+        arg=other,
+        timeout=JOB_TIMEOUT_MS,
+    )
+    assert row.locator("[data-django-sse-bind=status]").text_content() == "Cancelled"
+    assert row.get_by_role("button", name="Cancel").is_hidden()
+    server.log.assert_no_errors(since)

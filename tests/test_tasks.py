@@ -78,6 +78,20 @@ def test_failure_logs_the_traceback_and_shows_a_safe_message(
     assert "/secret/path is full" in caplog.text  # the traceback is in the log
 
 
+@tracks_job
+def interrupted(job: Job) -> None:
+    raise KeyboardInterrupt
+
+
+def test_worker_interrupted_fails_the_job_and_lets_the_interrupt_through() -> None:
+    job = Job.objects.create(name="rows")
+    with pytest.raises(KeyboardInterrupt):
+        interrupted(job.pk)
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error == "The worker stopped before the job was done."
+
+
 def test_failure_without_reraise() -> None:
     job = Job.objects.create()
     assert explode_quietly(job) is None

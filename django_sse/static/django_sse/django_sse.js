@@ -1,17 +1,38 @@
 /*
- * django_sse.js: a small browser client for django_sse job streams.
+ * django_sse.js: the browser client of django_sse. No dependencies, no build step: load it with
+ * a classic <script> tag (the {% django_sse_assets %} template tag writes it for you).
  *
- *   const watcher = DjangoSSE.watch(url, {
- *     lastEventId: 12,           // resume after what the page already shows
- *     events: ["log"],           // custom event types to listen for
- *     onProgress(data) { ... },  // {current, total, message}
- *     onSuccess(result) { ... },
- *     onCancelRequested() { ... }, // somebody asked the job to stop; "cancelled" follows
- *     onStatus(state) { ... },   // "connecting" | "open" | "reconnecting" | "closed"
- *   });
- *   watcher.close();
+ * 1. By HTML attributes alone (what {% django_sse_progress job %} renders):
  *
- * No dependencies, no build step: load it with a classic <script> tag.
+ *      <div data-django-sse-job="<uuid>" data-django-sse-seq="4" data-django-sse-status="running"
+ *           data-django-sse-url="/sse/events/">
+ *        <div data-django-sse-bind="progress" role="progressbar" ...></div>
+ *        <p data-django-sse-bind="message"></p>
+ *        <ol data-django-sse-bind="log"></ol>
+ *      </div>
+ *
+ *    Every such element on the page is kept up to date through ONE connection (the stream of all
+ *    of the visitor's jobs, narrowed to the jobs on the page), and every tab of the same page
+ *    shares that connection. Each event is also dispatched on the element as a DOM event
+ *    ("django-sse:event" and "django-sse:<type>", detail {job, seq, type, data}).
+ *
+ * 2. From code:
+ *
+ *      const watcher = DjangoSSE.watch(url, {
+ *        lastEventId: 12,             // resume after what the page already shows
+ *        events: ["log"],             // custom event types to listen for
+ *        share: true,                 // one connection for all tabs (the default)
+ *        onEvent(type, data, id) {}, onStart(data) {}, onProgress(data) {},
+ *        onSuccess(result) {}, onFailure(error) {}, onCancelRequested(data) {}, onCancel(data) {},
+ *        onStatus(state) {},          // "connecting" | "open" | "reconnecting" | "closed"
+ *      });
+ *      watcher.close();
+ *
+ * Sharing: one tab (the leader, chosen with the Web Locks API) holds the EventSource and
+ * forwards each event to the other tabs over a BroadcastChannel. A tab that joins is sent what
+ * it has not seen yet from the leader's memory; when that cannot be proven gapless, the tab
+ * opens a connection of its own. When the leader closes, another tab takes over and resumes
+ * where it was. Browsers without those APIs get one connection per tab.
  */
 (function (root) {
   "use strict";
@@ -25,11 +46,16 @@
     "cancelled",
   ];
   const TERMINAL_TYPES = new Set(["succeeded", "failed", "cancelled"]);
+  const ACTIVE_STATUSES = new Set(["pending", "running"]);
+  // How many events a tab keeps to catch up a tab that joins, and how long a joining tab
+  // waits for the leader's answer before it opens a connection of its own.
+  const BUFFER_EVENTS = 5000;
+  const SYNC_TIMEOUT_MS = 3000;
 
   // The server sends JSON, but a custom event from another publisher might not be: hand such
   // data over as the raw string rather than dropping the event.
   function parseData(text) {
-    if (text === "") {
+    if (text === "" || text === undefined || text === null) {
       return null;
     }
     try {
@@ -54,14 +80,18 @@
     }
   }
 
+  function absolute(url) {
+    return new URL(url, document.baseURI);
+  }
+
   // The first request cannot carry a Last-Event-ID header, so django_sse also reads the resume
   // point from this query parameter. Reconnections send the header, which the server prefers.
   function withResumePoint(url, lastEventId) {
-    if (lastEventId === undefined || lastEventId === null || lastEventId === "") {
-      return url;
+    const resolved = absolute(url);
+    resolved.searchParams.delete("last_event_id");
+    if (lastEventId !== undefined && lastEventId !== null && lastEventId !== "") {
+      resolved.searchParams.set("last_event_id", String(lastEventId));
     }
-    const resolved = new URL(url, document.baseURI);
-    resolved.searchParams.set("last_event_id", String(lastEventId));
     return resolved.href;
   }
 
@@ -71,51 +101,381 @@
     return typeof event.data === "string";
   }
 
-  function watch(url, options = {}) {
-    if (typeof root.EventSource === "undefined") {
-      throw new Error("DjangoSSE: this browser has no EventSource.");
-    }
+  // The resume point of the all-jobs stream (see django_sse/resume.py):
+  // <horizon>.<first 8 hex digits of a job><its seq>..., numbers in base 36.
+  function sessionResumePoint(horizon, positions) {
+    const entries = Object.keys(positions)
+      .sort()
+      .map((job) => job.replace(/-/g, "").slice(0, 8) + positions[job].toString(36));
+    return [Math.max(0, Math.floor(horizon)).toString(36), ...entries].join(".");
+  }
+
+  function randomId() {
+    return Math.random().toString(36).slice(2) + Date.now().toString(36);
+  }
+
+  /*
+   * A feed: the events of one stream URL, from a connection of this tab or shared by another.
+   * Each message is {type, id, raw, job, seq}; `job` is "" on a one-job stream and the job's
+   * UUID on the all-jobs stream, `seq` the event's number in its job. A feed passes each
+   * (job, seq) on once, in order, to sink.message; sink.status gets the connection state.
+   */
+  function openFeed(url, options, sink) {
+    const session = options.kind === "session";
+    const types = new Set([...LIFECYCLE_TYPES, "message", ...(options.types || [])]);
+    // Tabs share a connection only if they listen for the same event types: EventSource
+    // hands over only the types it has listeners for.
+    const key = absolute(withResumePoint(url, null)).href + " " + [...types].sort().join(",");
+    const positions = Object.assign({}, options.positions || {});
+    const base = Object.assign({}, positions); // what this tab knew before its first event
+    const buffer = [];
+    const me = randomId();
+    let lastId = options.lastEventId === undefined ? null : options.lastEventId;
+    let horizon = options.horizon || 0;
     let state = null;
     let closed = false;
-    let lastEventId = options.lastEventId === undefined ? null : String(options.lastEventId);
+    let source = null;
+    let role = "joining"; // then "leader", "follower" or "alone" (a connection of its own)
+    let syncing = false;
+    let syncTimer = null;
+    let channel = null;
+    let releaseLock = null;
+    const lockAbort = typeof AbortController === "function" ? new AbortController() : null;
 
     function setState(next) {
       if (next !== state) {
         state = next;
-        call(options.onStatus, next);
+        call(sink.status, next);
+        if (role === "leader") {
+          post({ t: "state", state: next });
+        }
       }
     }
 
-    setState("connecting");
-    const source = new root.EventSource(withResumePoint(url, options.lastEventId), {
-      withCredentials: Boolean(options.withCredentials),
-    });
+    function post(message) {
+      if (channel) {
+        try {
+          channel.postMessage(message);
+        } catch (error) {
+          // A closed channel (the page is going away): nothing to tell.
+        }
+      }
+    }
+
+    // Pass a message on once: older or repeated (job, seq) pairs are dropped.
+    function deliver(message) {
+      if (closed) {
+        return;
+      }
+      if (message.seq !== null) {
+        const known = positions[message.job];
+        if (known !== undefined && message.seq <= known) {
+          return;
+        }
+        if (!(message.job in base)) {
+          base[message.job] = message.seq - 1;
+        }
+        positions[message.job] = message.seq;
+      }
+      if (message.id) {
+        lastId = message.id;
+      }
+      buffer.push(message);
+      if (buffer.length > BUFFER_EVENTS) {
+        const dropped = buffer.shift();
+        if (dropped.seq !== null) {
+          base[dropped.job] = Math.max(base[dropped.job] || 0, dropped.seq);
+        }
+      }
+      if (role === "leader") {
+        post({ t: "msg", msg: message });
+      }
+      sink.message(message);
+    }
+
+    function messageFrom(type, event) {
+      let job = "";
+      let seq = null;
+      let raw = event.data;
+      if (session) {
+        const envelope = parseData(event.data);
+        if (envelope && typeof envelope === "object" && "job" in envelope) {
+          job = String(envelope.job);
+          seq = Number(envelope.seq);
+          raw = JSON.stringify(envelope.data === undefined ? null : envelope.data);
+        }
+        const head = (event.lastEventId || "").split(".")[0];
+        if (head) {
+          horizon = Math.max(horizon, parseInt(head, 36) || 0);
+        }
+      } else if (/^\d+$/.test(event.lastEventId || "")) {
+        seq = Number(event.lastEventId);
+      }
+      return { type, id: event.lastEventId || null, raw, job, seq };
+    }
+
+    function resumeId() {
+      if (session && Object.keys(positions).length) {
+        return sessionResumePoint(horizon, positions);
+      }
+      if (!session && positions[""] !== undefined) {
+        return String(positions[""]);
+      }
+      return lastId;
+    }
+
+    // -- this tab's own connection ------------------------------------------------------------
+
+    function connect() {
+      setState(state === null || state === "connecting" ? "connecting" : "reconnecting");
+      source = new root.EventSource(withResumePoint(url, resumeId()), {
+        withCredentials: Boolean(options.withCredentials),
+      });
+      for (const type of types) {
+        source.addEventListener(type, (event) => {
+          if (!closed && isServerEvent(event)) {
+            deliver(messageFrom(type, event));
+          }
+        });
+      }
+      source.addEventListener("open", (event) => {
+        if (!closed && !isServerEvent(event)) {
+          setState("open");
+        }
+      });
+      source.addEventListener("error", (event) => {
+        if (closed || isServerEvent(event)) {
+          return;
+        }
+        // CLOSED means the browser gave up for good: the server answered 204 (nothing more to
+        // send), 404 (no such job, or not yours) or something that is not an event stream.
+        // Otherwise the connection dropped and the browser retries on its own, sending
+        // Last-Event-ID so that the stream resumes without a gap.
+        if (source.readyState === root.EventSource.CLOSED) {
+          post({ t: "end" });
+          close();
+        } else {
+          setState("reconnecting");
+        }
+      });
+    }
+
+    // -- sharing ------------------------------------------------------------------------------
+
+    function canShare() {
+      return (
+        options.share !== false &&
+        typeof root.BroadcastChannel === "function" &&
+        root.navigator &&
+        root.navigator.locks &&
+        typeof root.navigator.locks.request === "function"
+      );
+    }
+
+    // What a tab that has seen up to `have` is missing, or null if this tab cannot tell.
+    function catchUp(have) {
+      for (const job of Object.keys(have)) {
+        if (!(job in base)) {
+          return null; // a job this tab knows nothing about
+        }
+      }
+      for (const job of Object.keys(base)) {
+        if ((have[job] === undefined ? 0 : have[job]) < base[job]) {
+          return null; // the other tab is further behind than this tab's memory goes
+        }
+      }
+      return buffer.filter(
+        (message) => message.seq === null || message.seq > (have[message.job] || 0)
+      );
+    }
+
+    function onChannel(event) {
+      const message = event.data || {};
+      if (closed) {
+        return;
+      }
+      if (role === "leader") {
+        if (message.t === "hello" && message.from !== me) {
+          const missing = catchUp(message.have || {});
+          post({ t: "sync", to: message.from, ok: missing !== null, msgs: missing || [], state });
+        }
+        return;
+      }
+      if (role !== "follower") {
+        return;
+      }
+      switch (message.t) {
+        case "sync":
+          if (message.to === me && syncing) {
+            clearTimeout(syncTimer);
+            if (!message.ok) {
+              goAlone();
+              return;
+            }
+            syncing = false;
+            for (const missed of message.msgs) {
+              deliver(missed);
+            }
+            setState(message.state || "open");
+          }
+          break;
+        case "msg":
+          if (!syncing) {
+            deliver(message.msg);
+          }
+          break;
+        case "state":
+          if (!syncing && message.state !== "closed") {
+            setState(message.state);
+          }
+          break;
+        case "leader":
+          // The tab that held the connection went away and another took over.
+          askToJoin();
+          break;
+        case "end":
+          if (!syncing) {
+            close();
+          }
+          break;
+        default:
+          break;
+      }
+    }
+
+    function askToJoin() {
+      syncing = true;
+      clearTimeout(syncTimer);
+      syncTimer = setTimeout(goAlone, SYNC_TIMEOUT_MS);
+      post({ t: "hello", from: me, have: Object.assign({}, positions) });
+    }
+
+    // No leader could catch this tab up: it gets a connection of its own.
+    function goAlone() {
+      clearTimeout(syncTimer);
+      if (closed || role === "alone" || role === "leader") {
+        return;
+      }
+      role = "alone";
+      syncing = false;
+      if (lockAbort) {
+        lockAbort.abort();
+      }
+      connect();
+    }
+
+    function lead() {
+      return new Promise((resolve) => {
+        releaseLock = resolve;
+        if (closed || role === "alone") {
+          resolve();
+          return;
+        }
+        clearTimeout(syncTimer);
+        role = "leader";
+        syncing = false;
+        post({ t: "leader", from: me });
+        connect();
+      });
+    }
+
+    function share() {
+      const name = "django_sse " + key;
+      channel = new root.BroadcastChannel(name);
+      channel.addEventListener("message", onChannel);
+      setState("connecting");
+      root.navigator.locks
+        .request(name, { ifAvailable: true }, (lock) => {
+          if (lock) {
+            return lead();
+          }
+          role = "follower";
+          askToJoin();
+          // Take over when the leader goes away.
+          const wait = lockAbort ? { signal: lockAbort.signal } : {};
+          root.navigator.locks.request(name, wait, lead).catch(() => {});
+          return undefined;
+        })
+        .catch(() => {
+          if (role !== "leader") {
+            goAlone();
+          }
+        });
+    }
 
     function close() {
       if (closed) {
         return;
       }
       closed = true;
-      source.close();
-      setState("closed");
+      clearTimeout(syncTimer);
+      if (source) {
+        source.close();
+      }
+      if (lockAbort) {
+        lockAbort.abort();
+      }
+      if (releaseLock) {
+        releaseLock();
+      }
+      if (channel) {
+        channel.close();
+        channel = null;
+      }
+      state = null;
+      call(sink.status, "closed");
     }
 
-    function handle(type, event) {
-      if (closed || !isServerEvent(event)) {
-        return;
-      }
-      if (event.lastEventId) {
-        lastEventId = event.lastEventId;
-      }
-      const data = parseData(event.data);
+    if (canShare()) {
+      share();
+    } else {
+      role = "alone";
+      connect();
+    }
+
+    return {
+      close,
+      get state() {
+        return closed ? "closed" : state;
+      },
+      get lastEventId() {
+        return lastId;
+      },
+      get shared() {
+        return role;
+      },
+    };
+  }
+
+  /*
+   * watch(): one stream, with callbacks.
+   */
+  function watch(url, options = {}) {
+    if (typeof root.EventSource === "undefined") {
+      throw new Error("DjangoSSE: this browser has no EventSource.");
+    }
+    const session = options.kind === "session";
+    const positions = {};
+    if (!session && /^\d+$/.test(String(options.lastEventId ?? ""))) {
+      positions[""] = Number(options.lastEventId);
+    }
+    let state = null;
+    let feed = null;
+
+    function handle(message) {
+      const data = parseData(message.raw);
       // Close before the callbacks run: the server ends the stream after a terminal event, and
       // an open EventSource would reconnect (only to be told 204) a few seconds later.
-      if (TERMINAL_TYPES.has(type)) {
-        close();
+      if (!session && TERMINAL_TYPES.has(message.type)) {
+        feed.close();
       }
-      call(options.onEvent, type, data, event.lastEventId || null);
       const payload = data !== null && typeof data === "object" ? data : {};
-      switch (type) {
+      if (session) {
+        call(options.onEvent, message.type, data, message.id, message.job, message.seq);
+      } else {
+        call(options.onEvent, message.type, data, message.id);
+      }
+      switch (message.type) {
         case "started":
           call(options.onStart, data);
           break;
@@ -140,46 +500,339 @@
       }
     }
 
-    const types = new Set([...LIFECYCLE_TYPES, "message", ...(options.events || [])]);
-    for (const type of types) {
-      source.addEventListener(type, (event) => handle(type, event));
-    }
-
-    source.addEventListener("open", (event) => {
-      if (!closed && !isServerEvent(event)) {
-        setState("open");
+    feed = openFeed(
+      url,
+      {
+        kind: session ? "session" : "job",
+        positions,
+        lastEventId: options.lastEventId,
+        types: options.events,
+        share: options.share,
+        withCredentials: options.withCredentials,
+      },
+      {
+        message: handle,
+        status(next) {
+          if (next !== state) {
+            state = next;
+            call(options.onStatus, next);
+          }
+        },
       }
-    });
-
-    source.addEventListener("error", (event) => {
-      if (closed || isServerEvent(event)) {
-        return;
-      }
-      // CLOSED means the browser gave up for good: the server answered 204 (nothing more to
-      // send), 404 (no such job, or not yours) or something that is not an event stream.
-      // Otherwise the connection dropped and the browser retries on its own, sending
-      // Last-Event-ID so that the stream resumes without a gap.
-      if (source.readyState === root.EventSource.CLOSED) {
-        close();
-      } else {
-        setState("reconnecting");
-      }
-    });
-
+    );
     return {
-      close,
+      close: () => feed.close(),
       get state() {
         return state;
       },
       get lastEventId() {
-        return lastEventId;
+        return feed.lastEventId;
       },
     };
   }
 
+  /*
+   * bind(): elements with data-django-sse-job, kept up to date through one feed per stream URL.
+   */
+  const DEFAULT_LABELS = {
+    pending: "Pending",
+    running: "Running",
+    succeeded: "Succeeded",
+    failed: "Failed",
+    cancelled: "Cancelled",
+    cancel_requested: "Stopping…",
+    connecting: "Connecting…",
+    open: "Live",
+    reconnecting: "Reconnecting…",
+    closed: "",
+    progress: "{current} of {total} ({percent}%)",
+    cancel_failed: "The job could not be cancelled.",
+  };
+
+  function labelsOf(element) {
+    const labels = Object.assign({}, DEFAULT_LABELS);
+    const own = element.getAttribute("data-django-sse-labels");
+    if (own) {
+      try {
+        Object.assign(labels, JSON.parse(own));
+      } catch (error) {
+        // Malformed labels: the English defaults still say it.
+      }
+    }
+    return labels;
+  }
+
+  function parts(element, name) {
+    // The element's own parts, not those of a job element nested inside it.
+    return [...element.querySelectorAll(`[data-django-sse-bind="${name}"]`)].filter(
+      (part) => part.closest("[data-django-sse-job]") === element
+    );
+  }
+
+  function setText(element, name, text) {
+    for (const part of parts(element, name)) {
+      part.textContent = text;
+      part.hidden = text === "";
+    }
+  }
+
+  function format(template, values) {
+    return template.replace(/\{(\w+)\}/g, (match, name) =>
+      values[name] === undefined ? match : String(values[name])
+    );
+  }
+
+  function showProgress(element, labels, current, total) {
+    const percent = total ? Math.max(0, Math.min(100, Math.round((100 * current) / total))) : null;
+    for (const bar of parts(element, "progress")) {
+      if (bar instanceof root.HTMLProgressElement) {
+        if (total) {
+          bar.max = total;
+          bar.value = current;
+        } else {
+          bar.removeAttribute("value");
+        }
+        continue;
+      }
+      if (total) {
+        bar.setAttribute("aria-valuemax", String(total));
+        bar.setAttribute("aria-valuenow", String(current));
+        bar.setAttribute("aria-valuetext", format(labels.progress, { current, total, percent }));
+        bar.style.setProperty("--django-sse-percent", percent + "%");
+      } else {
+        // Indeterminate: no value at all, as ARIA asks.
+        bar.removeAttribute("aria-valuenow");
+        bar.removeAttribute("aria-valuetext");
+      }
+    }
+    setText(element, "percent", percent === null ? "" : percent + "%");
+  }
+
+  function setStatus(element, labels, status) {
+    element.setAttribute("data-django-sse-status", status);
+    setText(element, "status", labels[status] || status);
+    if (!ACTIVE_STATUSES.has(status)) {
+      for (const button of parts(element, "cancel")) {
+        button.hidden = true;
+      }
+    }
+  }
+
+  function apply(element, labels, type, data) {
+    const payload = data !== null && typeof data === "object" ? data : {};
+    switch (type) {
+      case "started":
+        setStatus(element, labels, "running");
+        break;
+      case "progress":
+        setStatus(element, labels, "running");
+        showProgress(element, labels, Number(payload.current) || 0, Number(payload.total) || 0);
+        setText(element, "message", payload.message ? String(payload.message) : "");
+        break;
+      case "cancel_requested":
+        element.setAttribute("data-django-sse-cancel-requested", "");
+        setText(element, "message", labels.cancel_requested);
+        break;
+      case "succeeded": {
+        const total = Number(element.querySelector("[aria-valuemax]")?.getAttribute("aria-valuemax"));
+        if (total) {
+          showProgress(element, labels, total, total);
+        }
+        setStatus(element, labels, "succeeded");
+        for (const part of parts(element, "result")) {
+          part.textContent = JSON.stringify(payload.result ?? null, null, 2);
+          part.hidden = false;
+        }
+        break;
+      }
+      case "failed":
+        setStatus(element, labels, "failed");
+        setText(element, "error", payload.error ? String(payload.error) : "");
+        break;
+      case "cancelled":
+        setStatus(element, labels, "cancelled");
+        break;
+      default:
+        break;
+    }
+    if (type === "log" || parts(element, `log-${type}`).length) {
+      const line =
+        typeof data === "string"
+          ? data
+          : payload.line ?? payload.message ?? JSON.stringify(data);
+      for (const log of [...parts(element, "log"), ...parts(element, `log-${type}`)]) {
+        const item = document.createElement("li");
+        item.textContent = String(line);
+        log.append(item);
+        log.hidden = false;
+      }
+      setText(element, "log-empty", "");
+    }
+  }
+
+  function setConnection(element, labels, connection) {
+    element.setAttribute("data-django-sse-connection", connection);
+    setText(element, "connection", labels[connection] ?? "");
+  }
+
+  function csrfToken() {
+    const field = document.querySelector("input[name=csrfmiddlewaretoken]");
+    if (field) {
+      return field.value;
+    }
+    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  function wireCancel(element, labels) {
+    for (const button of parts(element, "cancel")) {
+      const url = button.getAttribute("data-django-sse-cancel-url");
+      if (!url || button.hasAttribute("data-django-sse-wired")) {
+        continue;
+      }
+      button.setAttribute("data-django-sse-wired", "");
+      button.addEventListener("click", async (event) => {
+        event.preventDefault();
+        button.disabled = true;
+        try {
+          const response = await fetch(url, {
+            method: "POST",
+            credentials: "same-origin",
+            headers: { "X-CSRFToken": csrfToken(), Accept: "application/json" },
+          });
+          // 202: asked; 409: it had ended already. The stream tells the rest either way.
+          if (response.status !== 202 && response.status !== 409) {
+            throw new Error(`HTTP ${response.status}`);
+          }
+        } catch (error) {
+          button.disabled = false;
+          setText(element, "error", labels.cancel_failed);
+        }
+      });
+    }
+  }
+
+  function bind(scope = document) {
+    const elements = [...scope.querySelectorAll("[data-django-sse-job]")].filter(
+      (element) => !element.hasAttribute("data-django-sse-bound")
+    );
+    const groups = new Map(); // stream URL -> Map(job -> [elements])
+    for (const element of elements) {
+      element.setAttribute("data-django-sse-bound", "");
+      const labels = labelsOf(element);
+      wireCancel(element, labels);
+      const url = element.getAttribute("data-django-sse-url");
+      if (!ACTIVE_STATUSES.has(element.getAttribute("data-django-sse-status") || "pending")) {
+        setConnection(element, labels, "closed"); // the page already shows all of it
+      }
+      if (!url) {
+        continue;
+      }
+      const jobs = groups.get(url) || new Map();
+      const job = element.getAttribute("data-django-sse-job");
+      jobs.set(job, [...(jobs.get(job) || []), element]);
+      groups.set(url, jobs);
+    }
+    const feeds = [];
+    for (const [url, jobs] of groups) {
+      const feed = follow(url, jobs);
+      if (feed) {
+        feeds.push(feed);
+      }
+    }
+    return feeds;
+  }
+
+  function isActive(element) {
+    return ACTIVE_STATUSES.has(element.getAttribute("data-django-sse-status") || "pending");
+  }
+
+  // One feed for the jobs of one stream URL; null when none of them is still running. Finished
+  // jobs are listed too (at their last seq, so they cost nothing): tabs showing the same jobs
+  // then ask for the same URL and share one connection.
+  function follow(url, jobs) {
+    const positions = {};
+    let horizon = Infinity;
+    const seen = new Map(); // element -> last seq applied
+    const running = new Set(
+      [...jobs].filter(([, elements]) => elements.some(isActive)).map(([job]) => job)
+    );
+    if (running.size === 0) {
+      return null;
+    }
+    for (const [job, elements] of jobs) {
+      for (const element of elements) {
+        const seq = Number(element.getAttribute("data-django-sse-seq")) || 0;
+        seen.set(element, seq);
+        positions[job] = Math.min(positions[job] ?? seq, seq);
+        horizon = Math.min(horizon, Number(element.getAttribute("data-django-sse-horizon")) || 0);
+      }
+    }
+    // "log" always (the tag's log part), and whatever types the elements ask for.
+    const types = new Set(["log"]);
+    for (const elements of jobs.values()) {
+      for (const element of elements) {
+        const wanted = element.getAttribute("data-django-sse-events") || "";
+        wanted.split(/[\s,]+/).filter(Boolean).forEach((type) => types.add(type));
+      }
+    }
+    const stream = absolute(url);
+    stream.searchParams.set("jobs", [...jobs.keys()].sort().join(","));
+    const feed = openFeed(
+      stream.href,
+      {
+        kind: "session",
+        positions,
+        horizon: Number.isFinite(horizon) ? horizon : 0,
+        types: [...types],
+      },
+      {
+        message(message) {
+          const elements = jobs.get(message.job) || [];
+          const data = parseData(message.raw);
+          for (const element of elements) {
+            if (message.seq !== null && message.seq <= seen.get(element)) {
+              continue; // already on the page
+            }
+            seen.set(element, message.seq);
+            element.setAttribute("data-django-sse-seq", String(message.seq));
+            apply(element, labelsOf(element), message.type, data);
+            const detail = { job: message.job, seq: message.seq, type: message.type, data };
+            element.dispatchEvent(new CustomEvent("django-sse:event", { bubbles: true, detail }));
+            element.dispatchEvent(
+              new CustomEvent(`django-sse:${message.type}`, { bubbles: true, detail })
+            );
+          }
+          if (TERMINAL_TYPES.has(message.type)) {
+            running.delete(message.job);
+            if (running.size === 0) {
+              feed.close();
+            }
+          }
+        },
+        status(connection) {
+          for (const elements of jobs.values()) {
+            for (const element of elements) {
+              setConnection(element, labelsOf(element), connection);
+            }
+          }
+        },
+      }
+    );
+    return feed;
+  }
+
   root.DjangoSSE = Object.freeze({
     watch,
+    bind,
     LIFECYCLE_TYPES: Object.freeze(LIFECYCLE_TYPES),
     TERMINAL_TYPES: Object.freeze([...TERMINAL_TYPES]),
   });
+
+  // Bind what the page holds once it is parsed ("defer" scripts run just before that).
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", () => bind());
+  } else {
+    bind();
+  }
 })(window);

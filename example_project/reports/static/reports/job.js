@@ -106,6 +106,12 @@
       error.textContent = message || "The report failed.";
       error.hidden = false;
     },
+    onCancelRequested() {
+      status.textContent = "Stopping…";
+      if (cancelForm) {
+        cancelForm.querySelector("button").disabled = true;
+      }
+    },
     onCancel() {
       setJobStatus("cancelled", "Cancelled.");
     },
@@ -126,4 +132,31 @@
     }
   });
   window.addEventListener("pagehide", () => watcher.close());
+
+  // Cancel through django_sse's endpoint (CSRF token from the form): the stream then shows
+  // "cancel_requested" and, once the worker has stopped, "cancelled".
+  if (cancelForm) {
+    cancelForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = cancelForm.querySelector("button");
+      button.disabled = true;
+      try {
+        const response = await fetch(cancelForm.dataset.cancelUrl, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: {
+            "X-CSRFToken": cancelForm.querySelector("[name=csrfmiddlewaretoken]").value,
+            Accept: "application/json",
+          },
+        });
+        if (response.status !== 202 && response.status !== 409) {
+          throw new Error(`HTTP ${response.status}`);
+        }
+      } catch (failure) {
+        button.disabled = false;
+        error.textContent = "The report could not be cancelled; try again.";
+        error.hidden = false;
+      }
+    });
+  }
 })();

@@ -1,0 +1,148 @@
+"""``{% load django_sse %}``: a drop-in progress bar for a job, and the client's assets.
+
+    {% load django_sse %}
+    {% django_sse_assets %}                      {# once per page, in <head> #}
+    {% django_sse_progress job %}                {# a bar, a status and a message #}
+    {% django_sse_progress job cancel=True log=True label="Export" %}
+
+The bar shows the job's current state as rendered (no script needed to see it), and
+``django_sse.js`` keeps every bar of the page up to date through one connection.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from django import template
+from django.templatetags.static import static
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext, pgettext
+
+from django_sse.models import Job
+
+register = template.Library()
+
+# The most log lines the tag renders; the newest are kept.
+LOG_LINES_MAX = 500
+
+
+def progress_text(current: int, total: int | None) -> str:
+    """What a screen reader says of the bar ("8 of 20 (40%)"), or "" while indeterminate."""
+    if not total:
+        return ""
+    return gettext("{current} of {total} ({percent}%)").format(
+        current=current, total=total, percent=percent_of(current, total)
+    )
+
+
+def percent_of(current: int, total: int | None) -> int | None:
+    if not total:
+        return None
+    return max(0, min(100, round(100 * current / total)))
+
+
+def client_labels() -> dict[str, str]:
+    """The words the browser client writes, in the active language."""
+    labels = {str(value): str(label) for value, label in Job.Status.choices}
+    labels.update(
+        cancel_requested=gettext("Stopping…"),
+        # Only a lost connection is worth a word; the bar says the rest.
+        connecting="",
+        open="",
+        closed="",
+        reconnecting=gettext("Reconnecting…"),
+        # The {placeholders} are filled in by the script.
+        progress=gettext("{current} of {total} ({percent}%)"),
+        cancel_failed=gettext("The job could not be cancelled. Try again."),
+    )
+    return labels
+
+
+def _log_lines(job: Job) -> list[str]:
+    rows = (
+        job.events.filter(type="log", seq__lte=job.last_seq)
+        .order_by("-seq")
+        .values_list("data", flat=True)[:LOG_LINES_MAX]
+    )
+    lines = []
+    for data in reversed(list(rows)):
+        if isinstance(data, dict):
+            lines.append(str(data.get("line", data.get("message", ""))))
+        else:
+            lines.append(str(data))
+    return lines
+
+
+@register.inclusion_tag("django_sse/progress.html", takes_context=True)
+def django_sse_progress(
+    context: template.Context,
+    job: Job,
+    *,
+    cancel: bool = False,
+    log: bool = False,
+    label: str | None = None,
+    events: str = "",
+) -> dict[str, Any]:
+    """An accessible progress bar for ``job``, kept live by ``django_sse.js``.
+
+    ``cancel=True`` adds a Cancel button (POST to ``django_sse:job-cancel``), ``log=True`` the
+    job's ``log`` events as a list, ``label`` replaces the job's name, and ``events`` names
+    custom event types (comma-separated) that the page listens for (DOM events
+    ``django-sse:<type>`` on the bar's element).
+    """
+    if not isinstance(job, Job):
+        raise template.TemplateSyntaxError(
+            f"django_sse_progress needs a Job, not {type(job).__name__}."
+        )
+    # Unique ids for aria-labelledby, even with the same job twice on a page.
+    number = int(context.render_context.get("django_sse_progress") or 0) + 1
+    context.render_context["django_sse_progress"] = number
+    dom_id = f"django-sse-{job.pk.hex[:12]}-{number}"
+    return {
+        "job": job,
+        "dom_id": dom_id,
+        "label": label if label is not None else (job.name or pgettext("job name", "Job")),
+        "events_url": reverse("django_sse:events"),
+        "cancel_url": reverse("django_sse:job-cancel", kwargs={"job_id": job.pk}),
+        "cancel": cancel,
+        "log": log,
+        "events": events,
+        "log_lines": _log_lines(job) if log else [],
+        "percent": percent_of(job.current, job.total),
+        "valuetext": progress_text(job.current, job.total),
+        "labels_json": json.dumps(client_labels(), ensure_ascii=False),
+        # The client's resume point starts at this time (see django_sse/resume.py).
+        "horizon": int(time.time()),
+    }
+
+
+@register.inclusion_tag("django_sse/bar.html")
+def django_sse_bar(current: Any, total: Any, label_id: str = "") -> dict[str, Any]:
+    """The bar alone, for a fragment (``django_sse/htmx/progress.html`` uses it)."""
+    try:
+        current_value = int(current or 0)
+        total_value = int(total) if total else None
+    except (TypeError, ValueError):
+        current_value, total_value = 0, None
+    return {
+        "current": current_value,
+        "total": total_value,
+        "percent": percent_of(current_value, total_value),
+        "valuetext": progress_text(current_value, total_value),
+        "label_id": label_id,
+        "bind": False,
+    }
+
+
+@register.simple_tag
+def django_sse_assets() -> SafeString:
+    """The client script and its stylesheet (``defer``: it binds once the page is parsed)."""
+    return format_html(
+        '<link rel="stylesheet" href="{}">\n<script src="{}" defer></script>',
+        static("django_sse/django_sse.css"),
+        static("django_sse/django_sse.js"),
+    )

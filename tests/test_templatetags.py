@@ -1,0 +1,146 @@
+"""``{% load django_sse %}``: the progress bar tag, the bar alone, and the assets tag."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from django.contrib.auth.models import User
+from django.template import Context, Template, TemplateSyntaxError
+from django.utils import translation
+
+from django_sse import publish
+from django_sse.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+def render(source: str, **context: object) -> str:
+    return Template("{% load django_sse %}" + source).render(Context(context))
+
+
+def attribute(html: str, name: str) -> str | None:
+    match = re.search(rf'\s{re.escape(name)}="([^"]*)"', html)
+    return match.group(1) if match else None
+
+
+@pytest.fixture
+def job() -> Job:
+    owner = User.objects.create_user("owner")
+    return Job.objects.create(owner=owner, name="Export <2026>")
+
+
+def running(job: Job, current: int, total: int | None, message: str = "") -> Job:
+    job.start()
+    job.set_progress(current, total, message)
+    job.flush_progress()
+    job.refresh_from_db()
+    return job
+
+
+def test_running_job_renders_its_current_state(job: Job) -> None:
+    running(job, 8, 20, "Reading orders")
+    html = render("{% django_sse_progress job %}", job=job)
+    assert attribute(html, "data-django-sse-job") == str(job.pk)
+    assert attribute(html, "data-django-sse-seq") == str(job.last_seq) == "2"
+    assert attribute(html, "data-django-sse-status") == "running"
+    assert attribute(html, "data-django-sse-url") == "/sse/events/"
+    assert 'role="progressbar"' in html
+    assert attribute(html, "aria-valuemin") == "0"
+    assert attribute(html, "aria-valuenow") == "8"
+    assert attribute(html, "aria-valuemax") == "20"
+    assert attribute(html, "aria-valuetext") == "8 of 20 (40%)"
+    assert "--django-sse-percent: 40%" in html
+    assert ">40%</span>" in html
+    assert ">Reading orders</span>" in html
+    assert ">Running</span>" in html
+    # The job's name labels the bar, escaped.
+    label_id = attribute(html, "aria-labelledby")
+    assert label_id is not None
+    assert f'id="{label_id}">Export &lt;2026&gt;</span>' in html
+
+
+def test_pending_job_without_total_is_indeterminate(job: Job) -> None:
+    html = render("{% django_sse_progress job %}", job=job)
+    assert 'role="progressbar"' in html
+    # ARIA: an indeterminate bar has no aria-valuenow.
+    assert "aria-valuenow" not in html
+    assert "aria-valuetext" not in html
+    assert attribute(html, "data-django-sse-status") == "pending"
+    assert attribute(html, "data-django-sse-connection") == "connecting"
+
+
+def test_cancel_button_and_log(job: Job) -> None:
+    running(job, 1, 3)
+    publish(job, "log", {"line": "first <line>"})
+    publish(job, "log", "a bare string")
+    job.refresh_from_db()
+    html = render("{% django_sse_progress job cancel=True log=True %}", job=job)
+    assert attribute(html, "data-django-sse-cancel-url") == f"/sse/jobs/{job.pk}/cancel/"
+    assert re.search(r'<button type="button"[^>]*data-django-sse-bind="cancel"[^>]*>Cancel<', html)
+    assert "<li>first &lt;line&gt;</li><li>a bare string</li>" in html
+
+
+def test_finished_job_hides_cancel_and_says_closed(job: Job) -> None:
+    running(job, 3, 3)
+    job.succeed({"rows": 3})
+    job.refresh_from_db()
+    html = render("{% django_sse_progress job cancel=True %}", job=job)
+    assert re.search(r'data-django-sse-bind="cancel"[^>]* hidden>', html)
+    assert attribute(html, "data-django-sse-connection") == "closed"
+    assert ">Succeeded</span>" in html
+
+
+def test_same_job_twice_gets_distinct_ids(job: Job) -> None:
+    html = render("{% django_sse_progress job %}{% django_sse_progress job %}", job=job)
+    ids = re.findall(r'<div class="django-sse-job" id="([^"]+)"', html)
+    assert len(ids) == 2
+    assert ids[0] != ids[1]
+
+
+def test_label_override_and_labels_for_the_client(job: Job) -> None:
+    html = render('{% django_sse_progress job label="Monthly export" %}', job=job)
+    assert ">Monthly export</span>" in html
+    raw = attribute(html, "data-django-sse-labels")
+    assert raw is not None
+    labels = json.loads(raw.replace("&quot;", '"'))
+    assert labels["reconnecting"] == "Reconnecting…"
+    assert labels["succeeded"] == "Succeeded"
+    assert labels["progress"] == "{current} of {total} ({percent}%)"
+
+
+def test_labels_follow_the_active_language(job: Job) -> None:
+    running(job, 1, 4)
+    with translation.override("fr"):
+        html = render("{% django_sse_progress job cancel=True %}", job=job)
+    assert ">En cours</span>" in html
+    assert ">Annuler</button>" in html
+    assert attribute(html, "aria-valuetext") == "1 sur 4 (25 %)"
+    assert "Reconnexion…" in html
+
+
+def test_anything_but_a_job_is_a_clear_error() -> None:
+    with pytest.raises(TemplateSyntaxError, match="django_sse_progress needs a Job, not str"):
+        render("{% django_sse_progress job %}", job="not a job")
+
+
+def test_bar_alone() -> None:
+    html = render("{% django_sse_bar 2 8 %}")
+    assert attribute(html, "aria-valuenow") == "2"
+    assert attribute(html, "aria-valuetext") == "2 of 8 (25%)"
+    assert "data-django-sse-bind" not in html
+    assert "aria-valuenow" not in render("{% django_sse_bar 0 None %}")
+    assert "aria-valuenow" not in render('{% django_sse_bar "x" "y" %}')
+
+
+def test_assets() -> None:
+    html = render("{% django_sse_assets %}")
+    assert '<link rel="stylesheet" href="/static/django_sse/django_sse.css">' in html
+    assert '<script src="/static/django_sse/django_sse.js" defer></script>' in html
+
+
+def test_custom_event_types_for_the_client(job: Job) -> None:
+    html = render('{% django_sse_progress job events="row_added,warning" %}', job=job)
+    assert attribute(html, "data-django-sse-events") == "row_added,warning"
+    assert "data-django-sse-events" not in render("{% django_sse_progress job %}", job=job)
