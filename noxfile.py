@@ -4,6 +4,7 @@ every other supported Python.
     nox                          # everything
     nox -s tests-3.11            # Django 5.2 on Python 3.11, every service setup
     nox -s lint
+    nox -s docs                  # the Sphinx site in docs/, warnings as errors
     nox -s compat                # the quick suite on the other Pythons
 
 Each ``tests`` session runs the suite three times: SQLite + in-memory layer, PostgreSQL + Redis
@@ -22,7 +23,7 @@ from urllib.parse import urlparse
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "compat"]
+nox.options.sessions = ["lint", "docs", "tests", "compat"]
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 # The stdlib venv: virtualenv cannot resolve some pyenv builds (3.10 here).
 nox.options.default_venv_backend = "venv"
@@ -58,6 +59,15 @@ def lint(session: nox.Session) -> None:
     session.install("docutils")
     for document in ("README.rst", "CHANGELOG.rst"):
         session.run("python", "-m", "docutils", "--halt=warning", document, os.devnull)
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    session.install("-e", ".[docs]", DJANGO_52)
+    # -E: a fresh environment each time, so warnings of unchanged pages are reported again.
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-E", "-b", "html", "docs", "docs/_build/html"
+    )
 
 
 @nox.session(python=list(FULL))

@@ -9,7 +9,8 @@ class SSEError(Exception):
 
 class InvalidEventType(SSEError, ValueError):
     """The event type is not 1 to 64 of ``A-Z a-z 0-9 _ - .``, or is reserved for a lifecycle
-    helper (``started``, ``progress``, ``succeeded``, ``failed``, ``cancelled``)."""
+    helper (``started``, ``progress``, ``cancel_requested``, ``succeeded``, ``failed``,
+    ``cancelled``)."""
 
 
 class EventDataNotSerializable(SSEError, TypeError):
