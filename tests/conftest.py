@@ -6,9 +6,12 @@ import pytest
 import pytest_asyncio
 from asgiref.sync import SyncToAsync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.contrib.auth.models import User
 
 from django_sse.database import close_connections, close_db_thread_connections
 from django_sse.hub import close_hub
+from django_sse.models import Job
+from tests.utils import make_session
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,3 +42,22 @@ def pytest_report_header(config: pytest.Config) -> str:
     engine = str(settings.DATABASES["default"]["ENGINE"]).rsplit(".", 1)[-1]
     layer = str(settings.CHANNEL_LAYERS["default"]["BACKEND"]).rsplit(".", 1)[-1]
     return f"django_sse: database={engine} channel layer={layer}"
+
+
+# -- a job and its owner's session, for the stream tests ------------------------------------
+
+
+@pytest.fixture
+def owner() -> User:
+    return User.objects.create_user("owner", password="pw")
+
+
+@pytest.fixture
+def owner_key(owner: User) -> str:
+    """A saved session logged in as ``owner``."""
+    return make_session(owner)
+
+
+@pytest.fixture
+def job(owner: User) -> Job:
+    return Job.objects.create(owner=owner, name="Report")

@@ -15,21 +15,6 @@ from tests.utils import StreamClient, make_session
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
-@pytest.fixture
-def owner() -> User:
-    return User.objects.create_user("owner", password="pw")
-
-
-@pytest.fixture
-def owner_key(owner: User) -> str:
-    return make_session(owner)
-
-
-@pytest.fixture
-def job(owner: User) -> Job:
-    return Job.objects.create(owner=owner, name="Report")
-
-
 async def open_html(job_id: object, session_key: str, query: str = "format=html") -> StreamClient:
     client = StreamClient(f"/sse/jobs/{job_id}/events/?{query}", session_key=session_key)
     await client.start()

@@ -38,16 +38,6 @@ async def settle(client: StreamClient, count: int, timeout: float = 5) -> None:
     assert await client.nothing_within(0.4)
 
 
-@pytest.fixture
-def owner() -> User:
-    return User.objects.create_user("owner")
-
-
-@pytest.fixture
-def owner_key(owner: User) -> str:
-    return make_session(owner)
-
-
 # -- streaming -------------------------------------------------------------------------------
 
 

@@ -33,21 +33,6 @@ def staff_may_watch(request: Any, job: Job) -> bool:
     return bool(request.user.is_staff)
 
 
-@pytest.fixture
-def owner() -> User:
-    return User.objects.create_user("owner", password="pw")
-
-
-@pytest.fixture
-def owner_key(owner: User) -> str:
-    return make_session(owner)
-
-
-@pytest.fixture
-def job(owner: User) -> Job:
-    return Job.objects.create(owner=owner, name="Report")
-
-
 def url(job_id: object, query: str = "") -> str:
     return f"/sse/jobs/{job_id}/events/" + (f"?{query}" if query else "")
 
