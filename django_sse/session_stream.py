@@ -15,7 +15,6 @@ job where it left off, and replays from the start any job created in the meantim
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -243,42 +242,55 @@ class SessionStream:
 
     async def _live(self) -> AsyncIterator[bytes]:
         heartbeat, poll = conf.HEARTBEAT_SECONDS, conf.POLL_SECONDS
-        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         next_beat, next_look = now + heartbeat, now + poll
-        while True:
-            timeout = min(next_beat, next_look) - time.monotonic()
-            if timeout > 0 and not self.wakeup.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), timeout)
-            self.wakeup.clear()
-            parts: list[bytes] = []
-            for job_id, tracked in list(self.jobs.items()):
-                subscriber = tracked.subscriber
-                while subscriber is not None and subscriber.items and not tracked.finished:
-                    event = subscriber.items.popleft().event
-                    if event.seq <= tracked.seq:
-                        continue
-                    if event.seq > tracked.seq + 1:
-                        async for missing in self._read(job_id, tracked, upto=event.seq - 1):
-                            parts.append(missing)
-                    parts.append(self._encode(job_id, event))
-                if tracked.finished and subscriber is not None:
-                    get_hub().unsubscribe(subscriber)
-                    tracked.subscriber = None
-            if parts:
-                yield b"".join(parts)
-            now = time.monotonic()
-            if now >= next_look:
-                next_look = now + poll
-                async for chunk in self._replay(await self._discover(first=False)):
+        # One timer for the next poll or heartbeat, not a wait_for() (a task and a timer) per
+        # wakeup; it is re-armed only once it has fired.
+        deadline = min(next_beat, next_look)
+        timer = loop.call_at(deadline, self.wakeup.set)
+        try:
+            while True:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                chunk = await self._drain()
+                if chunk:
                     yield chunk
-            if now >= next_beat:
-                still = await run_in_db_thread(same_identity, self.user, self.session_key)
-                if not still:
-                    self.reason = "access revoked"
-                    return
-                yield HEARTBEAT
-                next_beat = time.monotonic() + heartbeat
+                now = loop.time()
+                if now >= next_look:
+                    next_look = now + poll
+                    async for chunk in self._replay(await self._discover(first=False)):
+                        yield chunk
+                if now >= next_beat:
+                    still = await run_in_db_thread(same_identity, self.user, self.session_key)
+                    if not still:
+                        self.reason = "access revoked"
+                        return
+                    yield HEARTBEAT
+                    next_beat = loop.time() + heartbeat
+                if now >= deadline:
+                    deadline = min(next_beat, next_look)
+                    timer = loop.call_at(deadline, self.wakeup.set)
+        finally:
+            timer.cancel()
+
+    async def _drain(self) -> bytes:
+        """The live events waiting in the hub's queues, gaps filled from the database."""
+        parts: list[bytes] = []
+        for job_id, tracked in list(self.jobs.items()):
+            subscriber = tracked.subscriber
+            while subscriber is not None and subscriber.items and not tracked.finished:
+                event = subscriber.items.popleft().event
+                if event.seq <= tracked.seq:
+                    continue
+                if event.seq > tracked.seq + 1:
+                    async for missing in self._read(job_id, tracked, upto=event.seq - 1):
+                        parts.append(missing)
+                parts.append(self._encode(job_id, event))
+            if tracked.finished and subscriber is not None:
+                get_hub().unsubscribe(subscriber)
+                tracked.subscriber = None
+        return b"".join(parts)
 
 
 def parse_only(raw: str | None) -> frozenset[uuid.UUID] | None:
