@@ -752,3 +752,42 @@ def test_cancel_from_the_job_page_and_from_a_bar(server: Daphne, new_context: An
     assert row.locator("[data-django-sse-bind=status]").text_content() == "Cancelled"
     assert row.get_by_role("button", name="Cancel").is_hidden()
     server.log.assert_no_errors(since)
+
+
+def test_tabs_of_another_login_do_not_share(server: Daphne, new_context: Any) -> None:
+    """One browser profile: a tab follows demo's job; another tab logs in as "other" and asks
+    for the same stream. It must not be fed by the first tab (the server would say 404)."""
+    context = new_context(server.base_url)
+    first = log_in(context, "demo")
+    job_id = run_report(first)
+    wait_for_steps(first, 2)
+    # Log in as "other" in a second tab: a new session; demo's tab keeps its page.
+    second = context.new_page()
+    second.goto("/accounts/login/")
+    second.fill("input[name=username]", "other")
+    second.fill("input[name=password]", "other")
+    second.click("form.login button[type=submit]")  # not the header's "Log out"
+    second.wait_for_function(
+        "() => document.querySelector('.site-header strong')?.textContent === 'other'"
+    )
+    result = second.evaluate(
+        """async ({ url, waitMs }) => {
+            const seen = [];
+            const states = [];
+            const watcher = DjangoSSE.watch(url, {
+              lastEventId: 0, events: ["log"],
+              onEvent(type) { seen.push(type); },
+              onStatus(state) { states.push(state); },
+            });
+            await new Promise((resolve) => setTimeout(resolve, waitMs));
+            watcher.close();
+            return { seen, states };
+        }""",
+        {"url": stream_path(job_id), "waitMs": 3_000},
+    )
+    assert result["seen"] == [], result
+    # Its own connection, refused with the common 404, ends the watch.
+    assert result["states"][-1] == "closed", result
+    assert server.log.streams_refused(job_id), "the second tab never asked the server"
+    wait_for_status(first, "succeeded")
+    assert steps_of(log_lines(first)) == list(range(1, STEPS + 1))

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
+from django.utils import timezone
 
 from django_sse import publish
 from django_sse.models import Job
+from django_sse.resume import base36
 from tests.utils import StreamClient, make_session
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -212,3 +216,34 @@ async def test_database_lost_while_looking_for_jobs_ends_after_retry(
     client = StreamClient(URL, session_key=owner_key)
     assert await client.start() == 200
     assert await client.read_to_end() == b"retry: 3000\n\n"
+
+
+async def test_two_jobs_with_the_same_ref_are_replayed_rather_than_skipped(
+    hub_cleanup: None, owner: User, owner_key: str
+) -> None:
+    # Both finished an hour before the resume point's horizon; its one entry "abcdef12" could
+    # be either. Skipping would lose an end: both are sent from the start instead.
+    def make() -> list[Job]:
+        jobs = []
+        for n in (1, 2):
+            job = Job.objects.create(
+                id=uuid.UUID(f"abcdef12-0000-4000-8000-00000000000{n}"), owner=owner
+            )
+            job.start()
+            job.succeed(None)
+            jobs.append(job)
+        an_hour_ago = timezone.now() - timedelta(hours=1)
+        Job.objects.filter(owner=owner).update(created_at=an_hour_ago, finished_at=an_hour_ago)
+        return jobs
+
+    first, second = await sync_to_async(make)()
+    token = f"{base36(int(time.time()))}.abcdef121"
+    client = StreamClient(URL, session_key=owner_key, headers={"Last-Event-ID": token})
+    await client.start()
+    await settle(client, 4)
+    assert sorted(received(client)) == sorted(
+        (str(job.pk), seq, kind)
+        for job in (first, second)
+        for seq, kind in ((1, "started"), (2, "succeeded"))
+    )
+    await client.disconnect()

@@ -7,11 +7,14 @@ import re
 
 import pytest
 from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
 from django.template import Context, Template, TemplateSyntaxError
+from django.test import RequestFactory
 from django.utils import translation
 
 from django_sse import publish
 from django_sse.models import Job
+from tests.utils import make_session
 
 pytestmark = pytest.mark.django_db
 
@@ -138,6 +141,24 @@ def test_assets() -> None:
     html = render("{% django_sse_assets %}")
     assert '<link rel="stylesheet" href="/static/django_sse/django_sse.css">' in html
     assert '<script src="/static/django_sse/django_sse.js" defer></script>' in html
+    # No request, no session: no sharing tag (the client then shares nothing).
+    assert "django-sse-identity" not in html
+
+
+def test_assets_tag_each_session_for_tab_sharing(rf: RequestFactory) -> None:
+    def identity_of(session_key: str | None) -> str | None:
+        request = rf.get("/")
+        request.session = SessionStore(session_key)
+        html = render("{% django_sse_assets %}", request=request)
+        return attribute(html, "content")
+
+    first, second = make_session(), make_session()
+    assert identity_of(None) is None
+    assert re.fullmatch(r"[0-9a-f]{32}", identity_of(first) or "")
+    assert identity_of(first) == identity_of(first)
+    assert identity_of(first) != identity_of(second)
+    # An HMAC: the session key itself is not on the page.
+    assert first not in (identity_of(first) or "")
 
 
 def test_custom_event_types_for_the_client(job: Job) -> None:

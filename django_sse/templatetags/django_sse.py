@@ -16,8 +16,10 @@ import time
 from typing import Any
 
 from django import template
+from django.http import HttpRequest
 from django.templatetags.static import static
 from django.urls import reverse
+from django.utils.crypto import salted_hmac
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext, pgettext
@@ -58,6 +60,7 @@ def client_labels() -> dict[str, str]:
         # The {placeholders} are filled in by the script.
         progress=gettext("{current} of {total} ({percent}%)"),
         cancel_failed=gettext("The job could not be cancelled. Try again."),
+        stopped=gettext("Live updates stopped. Reload the page to see the latest."),
     )
     return labels
 
@@ -70,10 +73,12 @@ def _log_lines(job: Job) -> list[str]:
     )
     lines = []
     for data in reversed(list(rows)):
-        if isinstance(data, dict):
-            lines.append(str(data.get("line", data.get("message", ""))))
+        if isinstance(data, dict) and ("line" in data or "message" in data):
+            lines.append(str(data.get("line", data.get("message"))))
+        elif isinstance(data, str):
+            lines.append(data)
         else:
-            lines.append(str(data))
+            lines.append(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
     return lines
 
 
@@ -138,11 +143,31 @@ def django_sse_bar(current: Any, total: Any, label_id: str = "") -> dict[str, An
     }
 
 
-@register.simple_tag
-def django_sse_assets() -> SafeString:
-    """The client script and its stylesheet (``defer``: it binds once the page is parsed)."""
+def sharing_identity(request: HttpRequest | None) -> str:
+    """A tag naming the visitor's session, for the client's tab sharing: tabs share a
+    connection only if their pages carry the same tag, so a tab rendered before a log-out or a
+    log-in as someone else never receives the events of the other session. An HMAC, so the
+    page does not show the session key; "" (no sharing) without a session."""
+    session = getattr(request, "session", None)
+    session_key = getattr(session, "session_key", None)
+    if not session_key:
+        return ""
+    return salted_hmac("django_sse.sharing", session_key, algorithm="sha256").hexdigest()[:32]
+
+
+@register.simple_tag(takes_context=True)
+def django_sse_assets(context: template.Context) -> SafeString:
+    """The client script and its stylesheet (``defer``: it binds once the page is parsed),
+    and the session's sharing tag (see ``sharing_identity``)."""
+    identity = sharing_identity(context.get("request"))
+    meta = (
+        format_html('<meta name="django-sse-identity" content="{}">\n', identity)
+        if identity
+        else ""
+    )
     return format_html(
-        '<link rel="stylesheet" href="{}">\n<script src="{}" defer></script>',
+        '{}<link rel="stylesheet" href="{}">\n<script src="{}" defer></script>',
+        meta,
         static("django_sse/django_sse.css"),
         static("django_sse/django_sse.js"),
     )

@@ -51,6 +51,7 @@
   // waits for the leader's answer before it opens a connection of its own.
   const BUFFER_EVENTS = 5000;
   const SYNC_TIMEOUT_MS = 3000;
+  const TAKEOVER_DELAY_MS = 100;
 
   // The server sends JSON, but a custom event from another publisher might not be: hand such
   // data over as the raw string rather than dropping the event.
@@ -103,11 +104,34 @@
 
   // The resume point of the all-jobs stream (see django_sse/resume.py):
   // <horizon>.<first 8 hex digits of a job><its seq>..., numbers in base 36.
-  function sessionResumePoint(horizon, positions) {
-    const entries = Object.keys(positions)
+  function jobRef(job) {
+    return job.replace(/-/g, "").slice(0, 8);
+  }
+
+  function sessionResumePoint(horizon, refs) {
+    const entries = Object.keys(refs)
       .sort()
-      .map((job) => job.replace(/-/g, "").slice(0, 8) + positions[job].toString(36));
+      .map((ref) => ref + Math.max(0, Math.floor(refs[ref])).toString(36));
     return [Math.max(0, Math.floor(horizon)).toString(36), ...entries].join(".");
+  }
+
+  // The session's sharing tag, from <meta name="django-sse-identity"> ({% django_sse_assets %}).
+  function pageIdentity() {
+    const meta = document.querySelector('meta[name="django-sse-identity"]');
+    return meta ? meta.getAttribute("content") || "" : "";
+  }
+
+  // A resume point of the all-jobs stream, decoded: {horizon, refs: {ref: seq}}, or null.
+  function parseSessionResumePoint(id) {
+    if (!id || !/^[0-9a-z]{1,13}(\.[0-9a-f]{8}[0-9a-z]{1,13})*$/.test(id)) {
+      return null;
+    }
+    const [head, ...entries] = id.split(".");
+    const refs = {};
+    for (const entry of entries) {
+      refs[entry.slice(0, 8)] = parseInt(entry.slice(8), 36);
+    }
+    return { horizon: parseInt(head, 36), refs };
   }
 
   function randomId() {
@@ -125,7 +149,10 @@
     const types = new Set([...LIFECYCLE_TYPES, "message", ...(options.types || [])]);
     // Tabs share a connection only if they listen for the same event types: EventSource
     // hands over only the types it has listeners for.
-    const key = absolute(withResumePoint(url, null)).href + " " + [...types].sort().join(",");
+    // ... and only tabs of the same session: the identity is a server-made HMAC of the session
+    // (see {% django_sse_assets %}), so a tab rendered for another login never joins.
+    const identity = options.identity ?? pageIdentity();
+    const key = [identity, absolute(withResumePoint(url, null)).href, [...types].sort()].join(" ");
     const positions = Object.assign({}, options.positions || {});
     const base = Object.assign({}, positions); // what this tab knew before its first event
     const buffer = [];
@@ -179,6 +206,10 @@
       }
       if (message.id) {
         lastId = message.id;
+        if (session) {
+          const point = parseSessionResumePoint(message.id);
+          horizon = point ? Math.max(horizon, point.horizon) : horizon;
+        }
       }
       buffer.push(message);
       if (buffer.length > BUFFER_EVENTS) {
@@ -204,10 +235,6 @@
           seq = Number(envelope.seq);
           raw = JSON.stringify(envelope.data === undefined ? null : envelope.data);
         }
-        const head = (event.lastEventId || "").split(".")[0];
-        if (head) {
-          horizon = Math.max(horizon, parseInt(head, 36) || 0);
-        }
       } else if (/^\d+$/.test(event.lastEventId || "")) {
         seq = Number(event.lastEventId);
       }
@@ -215,8 +242,19 @@
     }
 
     function resumeId() {
-      if (session && Object.keys(positions).length) {
-        return sessionResumePoint(horizon, positions);
+      if (session) {
+        // What the server last said (every job it followed) merged with what this tab has
+        // seen, so that a tab taking over resumes every job where it is.
+        const point = parseSessionResumePoint(lastId);
+        const refs = Object.assign({}, point ? point.refs : {});
+        for (const job of Object.keys(positions)) {
+          const ref = jobRef(job);
+          refs[ref] = Math.max(refs[ref] ?? 0, positions[job]);
+        }
+        if (!point && Object.keys(refs).length === 0) {
+          return null; // a first connection
+        }
+        return sessionResumePoint(Math.max(horizon, point ? point.horizon : 0), refs);
       }
       if (!session && positions[""] !== undefined) {
         return String(positions[""]);
@@ -265,6 +303,7 @@
     function canShare() {
       return (
         options.share !== false &&
+        Boolean(identity) &&
         typeof root.BroadcastChannel === "function" &&
         root.navigator &&
         root.navigator.locks &&
@@ -284,8 +323,16 @@
           return null; // the other tab is further behind than this tab's memory goes
         }
       }
+      // A new session follower is like a first connection: jobs that ended before it came
+      // are not sent (their pages were rendered finished).
+      const ended = new Set(
+        buffer.filter((message) => TERMINAL_TYPES.has(message.type)).map((m) => m.job)
+      );
       return buffer.filter(
-        (message) => message.seq === null || message.seq > (have[message.job] || 0)
+        (message) =>
+          message.seq !== null &&
+          message.seq > (have[message.job] || 0) &&
+          !(session && !(message.job in have) && ended.has(message.job))
       );
     }
 
@@ -365,17 +412,27 @@
     }
 
     function lead() {
+      const takeover = role === "follower";
       return new Promise((resolve) => {
         releaseLock = resolve;
-        if (closed || role === "alone") {
-          resolve();
-          return;
+        const start = () => {
+          if (closed || role === "alone") {
+            resolve();
+            return;
+          }
+          clearTimeout(syncTimer);
+          role = "leader";
+          syncing = false;
+          post({ t: "leader", from: me });
+          connect();
+        };
+        if (takeover) {
+          // The lock can be granted before the last messages of the tab that held it are
+          // read: its final event may be among them, and then there is nothing to take over.
+          setTimeout(start, TAKEOVER_DELAY_MS);
+        } else {
+          start();
         }
-        clearTimeout(syncTimer);
-        role = "leader";
-        syncing = false;
-        post({ t: "leader", from: me });
-        connect();
       });
     }
 
@@ -541,10 +598,11 @@
     failed: "Failed",
     cancelled: "Cancelled",
     cancel_requested: "Stopping…",
-    connecting: "Connecting…",
-    open: "Live",
+    connecting: "",
+    open: "",
     reconnecting: "Reconnecting…",
     closed: "",
+    stopped: "Live updates stopped. Reload the page to see the latest.",
     progress: "{current} of {total} ({percent}%)",
     cancel_failed: "The job could not be cancelled.",
   };
@@ -627,14 +685,17 @@
       case "progress":
         setStatus(element, labels, "running");
         showProgress(element, labels, Number(payload.current) || 0, Number(payload.total) || 0);
-        setText(element, "message", payload.message ? String(payload.message) : "");
+        if (!element.hasAttribute("data-django-sse-cancel-requested")) {
+          setText(element, "message", payload.message ? String(payload.message) : "");
+        }
         break;
       case "cancel_requested":
         element.setAttribute("data-django-sse-cancel-requested", "");
         setText(element, "message", labels.cancel_requested);
         break;
       case "succeeded": {
-        const total = Number(element.querySelector("[aria-valuemax]")?.getAttribute("aria-valuemax"));
+        const bar = parts(element, "progress")[0];
+        const total = Number(bar?.getAttribute("aria-valuemax") ?? bar?.max);
         if (total) {
           showProgress(element, labels, total, total);
         }
@@ -651,16 +712,16 @@
         break;
       case "cancelled":
         setStatus(element, labels, "cancelled");
+        setText(element, "message", "");
         break;
       default:
         break;
     }
-    if (type === "log" || parts(element, `log-${type}`).length) {
+    const logs = parts(element, type === "log" ? "log" : `log-${type}`);
+    if (logs.length) {
       const line =
-        typeof data === "string"
-          ? data
-          : payload.line ?? payload.message ?? JSON.stringify(data);
-      for (const log of [...parts(element, "log"), ...parts(element, `log-${type}`)]) {
+        typeof data === "string" ? data : (payload.line ?? payload.message ?? JSON.stringify(data));
+      for (const log of logs) {
         const item = document.createElement("li");
         item.textContent = String(line);
         log.append(item);
@@ -712,32 +773,38 @@
     }
   }
 
+  const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+  // The server's limit on ?jobs= (django_sse.session_stream.parse_only).
+  const JOBS_PER_STREAM = 100;
+
   function bind(scope = document) {
-    const elements = [...scope.querySelectorAll("[data-django-sse-job]")].filter(
-      (element) => !element.hasAttribute("data-django-sse-bound")
-    );
+    const found = [...scope.querySelectorAll("[data-django-sse-job]")];
+    if (scope instanceof root.Element && scope.matches("[data-django-sse-job]")) {
+      found.unshift(scope);
+    }
+    const elements = found.filter((element) => !element.hasAttribute("data-django-sse-bound"));
     const groups = new Map(); // stream URL -> Map(job -> [elements])
     for (const element of elements) {
       element.setAttribute("data-django-sse-bound", "");
       const labels = labelsOf(element);
       wireCancel(element, labels);
       const url = element.getAttribute("data-django-sse-url");
-      if (!ACTIVE_STATUSES.has(element.getAttribute("data-django-sse-status") || "pending")) {
+      const job = (element.getAttribute("data-django-sse-job") || "").trim().toLowerCase();
+      if (!isActive(element)) {
         setConnection(element, labels, "closed"); // the page already shows all of it
       }
-      if (!url) {
+      if (!url || !UUID.test(job)) {
+        console.error("DjangoSSE: not bound, needs data-django-sse-url and a job UUID:", element);
         continue;
       }
       const jobs = groups.get(url) || new Map();
-      const job = element.getAttribute("data-django-sse-job");
       jobs.set(job, [...(jobs.get(job) || []), element]);
       groups.set(url, jobs);
     }
     const feeds = [];
     for (const [url, jobs] of groups) {
-      const feed = follow(url, jobs);
-      if (feed) {
-        feeds.push(feed);
+      for (const batch of batches(jobs)) {
+        feeds.push(follow(url, batch));
       }
     }
     return feeds;
@@ -747,9 +814,32 @@
     return ACTIVE_STATUSES.has(element.getAttribute("data-django-sse-status") || "pending");
   }
 
-  // One feed for the jobs of one stream URL; null when none of them is still running. Finished
-  // jobs are listed too (at their last seq, so they cost nothing): tabs showing the same jobs
-  // then ask for the same URL and share one connection.
+  // The jobs of one stream URL, in groups the server accepts, leaving out groups with nothing
+  // running. Finished jobs are listed too when they fit (at their last seq, so they cost
+  // nothing): tabs showing the same jobs then ask for the same URL and share one connection.
+  function batches(jobs) {
+    const running = [...jobs].filter(([, elements]) => elements.some(isActive));
+    const listed = jobs.size <= JOBS_PER_STREAM ? [...jobs] : running;
+    const out = [];
+    for (let start = 0; start < listed.length; start += JOBS_PER_STREAM) {
+      const batch = new Map(listed.slice(start, start + JOBS_PER_STREAM));
+      if ([...batch.values()].some((elements) => elements.some(isActive))) {
+        out.push(batch);
+      }
+    }
+    return out;
+  }
+
+  function seqOf(element) {
+    const raw = element.getAttribute("data-django-sse-seq") || "0";
+    if (!/^\d+$/.test(raw.trim())) {
+      console.error("DjangoSSE: data-django-sse-seq is not a number; replaying the job:", element);
+      return 0;
+    }
+    return Number(raw);
+  }
+
+  // One feed for some jobs of one stream URL.
   function follow(url, jobs) {
     const positions = {};
     let horizon = Infinity;
@@ -757,12 +847,9 @@
     const running = new Set(
       [...jobs].filter(([, elements]) => elements.some(isActive)).map(([job]) => job)
     );
-    if (running.size === 0) {
-      return null;
-    }
     for (const [job, elements] of jobs) {
       for (const element of elements) {
-        const seq = Number(element.getAttribute("data-django-sse-seq")) || 0;
+        const seq = seqOf(element);
         seen.set(element, seq);
         positions[job] = Math.min(positions[job] ?? seq, seq);
         horizon = Math.min(horizon, Number(element.getAttribute("data-django-sse-horizon")) || 0);
@@ -773,17 +860,24 @@
     for (const elements of jobs.values()) {
       for (const element of elements) {
         const wanted = element.getAttribute("data-django-sse-events") || "";
-        wanted.split(/[\s,]+/).filter(Boolean).forEach((type) => types.add(type));
+        wanted
+          .split(/[\s,]+/)
+          .filter(Boolean)
+          .forEach((type) => types.add(type));
       }
     }
     const stream = absolute(url);
     stream.searchParams.set("jobs", [...jobs.keys()].sort().join(","));
+    const refs = {};
+    for (const job of Object.keys(positions)) {
+      refs[jobRef(job)] = positions[job];
+    }
     const feed = openFeed(
       stream.href,
       {
         kind: "session",
         positions,
-        horizon: Number.isFinite(horizon) ? horizon : 0,
+        lastEventId: sessionResumePoint(Number.isFinite(horizon) ? horizon : 0, refs),
         types: [...types],
       },
       {
@@ -811,9 +905,12 @@
           }
         },
         status(connection) {
-          for (const elements of jobs.values()) {
+          for (const [job, elements] of jobs) {
+            // Closed with jobs still running: the server refused the stream or it failed
+            // for good. Say so rather than leave a bar that looks alive.
+            const state = connection === "closed" && running.has(job) ? "stopped" : connection;
             for (const element of elements) {
-              setConnection(element, labelsOf(element), connection);
+              setConnection(element, labelsOf(element), state);
             }
           }
         },
