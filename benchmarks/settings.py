@@ -5,6 +5,7 @@ BENCH_DB        "sqlite:/path/to/file" or "pg:DBNAME" (127.0.0.1:5432, user post
 BENCH_LAYER     "mem" | "core" | "pubsub"
 BENCH_PREFIX    Redis channel-layer prefix shared by the server and publisher processes
 BENCH_REDIS     redis://127.0.0.1:6379/0
+BENCH_REPLAY_PAGE_SIZE   optional: DJANGO_SSE["REPLAY_PAGE_SIZE"] (unset: the app's default)
 """
 
 from __future__ import annotations
@@ -82,8 +83,11 @@ else:
         }
     }
 
-# The app's defaults, except nothing: POLL_SECONDS 1.0, HEARTBEAT_SECONDS 15.
+# The app's defaults (POLL_SECONDS 1.0, HEARTBEAT_SECONDS 15 ...), except that
+# BENCH_REPLAY_PAGE_SIZE, when set, overrides REPLAY_PAGE_SIZE (to compare page sizes).
 DJANGO_SSE: dict[str, object] = {}
+if os.environ.get("BENCH_REPLAY_PAGE_SIZE"):
+    DJANGO_SSE["REPLAY_PAGE_SIZE"] = int(os.environ["BENCH_REPLAY_PAGE_SIZE"])
 
 # django-eventstream: database storage on; Redis pub/sub so that a publisher process reaches
 # the server (its documented multi-process mode).

@@ -36,8 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "CANCEL_CHECK_SECONDS": 1.0,
     # Default age of finished jobs that "manage.py django_sse_prune" deletes, in days.
     "RETENTION_DAYS": 30,
-    # Events read from the database per query when a stream replays history.
-    "REPLAY_PAGE_SIZE": 500,
+    # Events read from the database per query when a stream replays history (a stream holds
+    # two pages at most: the one it sends and the next, read meanwhile).
+    "REPLAY_PAGE_SIZE": 2000,
     # Optional callable (or dotted path to one) "(request, job) -> bool" that grants access to
     # a job's stream beyond its owner, e.g. to staff.
     "AUTHORIZE": None,

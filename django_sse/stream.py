@@ -122,17 +122,30 @@ class JobStream:
         """Stored events after ``last_seq`` (up to ``upto``), a page per chunk."""
         page = conf.REPLAY_PAGE_SIZE
         job_id = self.access.job.pk
-        while self.reason != "job finished":
-            events = await run_in_db_thread(
-                fetch_events, job_id, self.last_seq, upto=upto, limit=page
-            )
-            if not events:
-                return
-            chunk = self._encode(events)
-            if chunk:
-                yield chunk
-            if len(events) < page:
-                return
+        if self.reason == "job finished":
+            return
+        events = await run_in_db_thread(fetch_events, job_id, self.last_seq, upto=upto, limit=page)
+        following: asyncio.Future[list[StoredEvent]] | None = None
+        try:
+            while events:
+                if len(events) == page:
+                    # A full page: the next one is read on the database thread while this one
+                    # is encoded and sent (at most two pages in memory).
+                    following = asyncio.ensure_future(
+                        run_in_db_thread(
+                            fetch_events, job_id, events[-1].seq, upto=upto, limit=page
+                        )
+                    )
+                chunk = self._encode(events)
+                if chunk:
+                    yield chunk
+                if following is None or self.reason == "job finished":
+                    return
+                events = await following
+                following = None
+        finally:
+            if following is not None:
+                following.cancel()
 
     async def _live(self, subscriber: Subscriber) -> AsyncIterator[bytes]:
         heartbeat = conf.HEARTBEAT_SECONDS

@@ -11,11 +11,14 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.db.models.signals import post_save
 from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
+from django.test.utils import CaptureQueriesContext
 
-from django_sse import apublish, publish
+from django_sse import apublish, publish, publishing
 from django_sse.exceptions import (
     EventDataNotSerializable,
     EventDataTooLarge,
@@ -35,6 +38,15 @@ def user() -> User:
 @pytest.fixture
 def job(user: User) -> Job:
     return Job.objects.create(owner=user, name="Report")
+
+
+@pytest.fixture(params=["native", "orm"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each write path: "native" is what the test database takes (one statement on
+    PostgreSQL, UPDATE ... RETURNING on SQLite), "orm" the fallback for other databases."""
+    if request.param == "orm":
+        monkeypatch.setattr(publishing, "can_update_returning", lambda connection: False)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -71,7 +83,7 @@ def test_status_groups_cover_every_status() -> None:
     assert not ACTIVE_STATUSES & FINISHED_STATUSES
 
 
-def test_publish_numbers_events_from_one(job: Job) -> None:
+def test_publish_numbers_events_from_one(write_path: str, job: Job) -> None:
     events = [publish(job, "step", {"n": n}) for n in range(3)]
     assert [e.seq for e in events] == [1, 2, 3]
     assert stored(job) == [(1, "step"), (2, "step"), (3, "step")]
@@ -84,7 +96,7 @@ def test_publish_accepts_a_job_id(job: Job) -> None:
     assert publish(str(job.pk), "b").seq == 2
 
 
-def test_data_goes_through_djangos_json_encoder(job: Job) -> None:
+def test_data_goes_through_djangos_json_encoder(write_path: str, job: Job) -> None:
     when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
     event = publish(job, "x", {"when": when, "amount": decimal.Decimal("1.50"), "id": ident})
@@ -129,14 +141,14 @@ def test_limit_counts_utf8_bytes(job: Job) -> None:
         publish(job, "x", "ééééé")  # 5 characters, 12 bytes with the quotes
 
 
-def test_missing_job(db: None) -> None:
+def test_missing_job(write_path: str, db: None) -> None:
     with pytest.raises(Job.DoesNotExist):
         publish(uuid.uuid4(), "x")
     with pytest.raises(Job.DoesNotExist, match="is not a job id"):
         publish("not-a-uuid", "x")
 
 
-def test_lifecycle(job: Job) -> None:
+def test_lifecycle(write_path: str, job: Job) -> None:
     job.start()
     assert job.status == "running"
     job.set_progress(3, 10, "three")
@@ -153,7 +165,7 @@ def test_lifecycle(job: Job) -> None:
     assert stored(job) == [(1, "started"), (2, "progress"), (3, "succeeded")]
 
 
-def test_fail_and_cancel(user: User) -> None:
+def test_fail_and_cancel(write_path: str, user: User) -> None:
     failed = Job.objects.create(owner=user)
     assert failed.fail("disk full").data == {"error": "disk full"}
     failed.refresh_from_db()
@@ -166,7 +178,7 @@ def test_fail_and_cancel(user: User) -> None:
 
 
 @pytest.mark.parametrize("end", ["succeed", "fail", "cancel"])
-def test_finished_job_takes_no_more_events(job: Job, end: str) -> None:
+def test_finished_job_takes_no_more_events(write_path: str, job: Job, end: str) -> None:
     getattr(job, end)()
     before = stored(job)
     stale = Job.objects.get(pk=job.pk)
@@ -217,14 +229,18 @@ def test_event_is_pushed_after_commit(job: Job, pushed: list[JobEvent]) -> None:
     assert [e.type for e in pushed] == ["now"]
 
 
-def test_event_in_atomic_is_pushed_only_after_commit(job: Job, pushed: list[JobEvent]) -> None:
+def test_event_in_atomic_is_pushed_only_after_commit(
+    write_path: str, job: Job, pushed: list[JobEvent]
+) -> None:
     with transaction.atomic():
         publish(job, "inside")
         assert pushed == []
     assert [e.type for e in pushed] == ["inside"]
 
 
-def test_rolled_back_event_is_never_pushed_nor_stored(job: Job, pushed: list[JobEvent]) -> None:
+def test_rolled_back_event_is_never_pushed_nor_stored(
+    write_path: str, job: Job, pushed: list[JobEvent]
+) -> None:
     with pytest.raises(RuntimeError), transaction.atomic():
         publish(job, "doomed")
         raise RuntimeError("boom")
@@ -252,7 +268,7 @@ def test_tight_progress_loop_writes_few_rows_and_keeps_the_latest(job: Job) -> N
     assert (job.current, job.message) == (99_999, "row 99999")
 
 
-def test_pending_progress_goes_before_the_next_event(job: Job) -> None:
+def test_pending_progress_goes_before_the_next_event(write_path: str, job: Job) -> None:
     with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
         assert job.set_progress(1, 10) is not None
         assert job.set_progress(2, 10) is None
@@ -275,7 +291,7 @@ def test_flush_progress(job: Job) -> None:
     assert stored(job) == [(1, "progress"), (2, "progress")]
 
 
-def test_pending_progress_survives_a_failed_write(job: Job) -> None:
+def test_pending_progress_survives_a_failed_write(write_path: str, job: Job) -> None:
     with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
         job.set_progress(1)
         job.set_progress(2)
@@ -292,10 +308,149 @@ def test_pending_progress_survives_a_failed_write(job: Job) -> None:
     ]
 
 
+# -- the write paths -------------------------------------------------------------------------
+
+
+def statements(queries: CaptureQueriesContext) -> list[str]:
+    """The SQL statements run (transaction control left out)."""
+    kinds = ("WITH", "UPDATE", "INSERT", "SELECT", "DELETE")
+    return [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().startswith(kinds)]
+
+
+def test_can_update_returning() -> None:
+    class Features:
+        can_return_columns_from_insert = True
+
+    class Connection:
+        vendor = "mysql"  # MariaDB returns from INSERT, not from UPDATE
+        features = Features()
+
+    assert not publishing.can_update_returning(Connection())  # type: ignore[arg-type]
+    Connection.vendor = "sqlite"
+    assert publishing.can_update_returning(Connection())  # type: ignore[arg-type]
+    Features.can_return_columns_from_insert = False  # SQLite before 3.35
+    assert not publishing.can_update_returning(Connection())  # type: ignore[arg-type]
+    assert publishing.can_update_returning(connection)  # PostgreSQL, SQLite 3.35+ here
+
+
+def test_publish_round_trips(job: Job) -> None:
+    publish(job, "warm-up")
+    with CaptureQueriesContext(connection) as queries:
+        event = publish(job, "step", {"n": 1})
+    sql = statements(queries)
+    if connection.vendor == "postgresql":
+        # One statement, which outside a transaction is one of its own.
+        assert len(sql) == 1
+        assert sql[0].startswith("WITH bumped AS (UPDATE ") and " INSERT INTO " in sql[0]
+    else:
+        assert [s.split()[0] for s in sql] == ["UPDATE", "INSERT"]
+        assert "RETURNING" in sql[0]
+    assert (event.seq, event.type, event.data) == (2, "step", {"n": 1})
+    assert event.pk == JobEvent.objects.get(job=job, seq=2).pk
+    assert not event._state.adding
+    assert event._state.db == "default"
+
+
+def test_orm_write_path_reads_the_number_back(write_path: str, job: Job) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        publish(job, "step")
+    kinds = [s.split()[0] for s in statements(queries)]
+    if write_path == "orm":
+        assert kinds == ["UPDATE", "SELECT", "INSERT"]
+    else:
+        assert "SELECT" not in kinds
+
+
+def test_several_events_go_in_with_one_insert(write_path: str, job: Job) -> None:
+    with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
+        job.set_progress(1, 10)
+        job.set_progress(2, 10)  # pending
+        with CaptureQueriesContext(connection) as queries:
+            events = publishing.record(job, [publishing.Entry("note", {"a": 1})])
+    inserts = [s for s in statements(queries) if s.startswith(("WITH", "INSERT"))]
+    assert len(inserts) == (2 if write_path == "orm" else 1)
+    assert [(e.seq, e.type, e.data) for e in events] == [
+        (2, "progress", {"current": 2, "total": 10, "message": ""}),
+        (3, "note", {"a": 1}),
+    ]
+    stored_rows = {e.pk: (e.seq, e.type) for e in JobEvent.objects.filter(job=job)}
+    assert {e.pk: (e.seq, e.type) for e in events}.items() <= stored_rows.items()
+    assert all(e.created_at is not None and not e._state.adding for e in events)
+    assert (job.last_seq, job.current, job.status) == (3, 2, "running")
+    job.refresh_from_db()
+    assert (job.last_seq, job.current, job.total, job.status) == (3, 2, 10, "running")
+
+
+def test_several_events_without_data(write_path: str, job: Job) -> None:
+    # (On PostgreSQL, rows of NULLs only once made an INSERT ... SELECT of text.)
+    entries = [publishing.Entry("a", None), publishing.Entry("b", None), publishing.Entry("c", [])]
+    events = publishing.record(job, entries)
+    assert [(e.seq, e.data) for e in events] == [(1, None), (2, None), (3, [])]
+    assert list(JobEvent.objects.filter(job=job).values_list("seq", "data")) == [
+        (1, None),
+        (2, None),
+        (3, []),
+    ]
+
+
+def test_post_save_is_sent_once_per_event_after_the_insert(write_path: str, job: Job) -> None:
+    seen: list[tuple[int, bool, bool]] = []
+
+    def receiver(sender: Any, instance: JobEvent, created: bool, **kwargs: Any) -> None:
+        stored_now = JobEvent.objects.filter(pk=instance.pk).exists()
+        seen.append((instance.seq, created, stored_now))
+
+    post_save.connect(receiver, sender=JobEvent)
+    try:
+        with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
+            job.set_progress(1)
+            job.set_progress(2)
+            publish(job, "note")
+    finally:
+        post_save.disconnect(receiver, sender=JobEvent)
+    assert seen == [(1, True, True), (2, True, True), (3, True, True)]
+
+
+def test_progress_makes_a_pending_job_run_but_not_a_finished_one(write_path: str, job: Job) -> None:
+    job.set_progress(1)
+    job.refresh_from_db()
+    assert job.status == "running"
+    job.cancel()
+    with pytest.raises(JobFinished):
+        publishing.record(job, [publishing.progress_entry(publishing.make_progress(2, None, ""))])
+    job.refresh_from_db()
+    assert (job.status, job.current) == ("cancelled", 1)
+
+
+def test_updates_with_an_expression_take_the_orm_path(job: Job) -> None:
+    entry = publishing.Entry("bump", {}, {"current": F("current") + 5})
+    publishing.record(job, [entry])
+    publishing.record(job, [entry])
+    job.refresh_from_db()
+    assert (job.current, job.last_seq) == (10, 2)
+    assert stored(job) == [(1, "bump"), (2, "bump")]
+
+
+def test_a_failed_insert_writes_nothing(write_path: str, job: Job) -> None:
+    with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
+        job.set_progress(1)
+        job.set_progress(2)  # pending
+        # A row in the way of the next number: the INSERT fails.
+        JobEvent.objects.bulk_create([JobEvent(job=job, seq=2, type="squatter")])
+        with pytest.raises(IntegrityError):
+            publish(job, "x")
+        job.refresh_from_db()
+        assert (job.last_seq, job.current) == (1, 1)  # the UPDATE went with it
+        JobEvent.objects.filter(type="squatter").delete()
+        publish(job, "y")
+    assert stored(job) == [(1, "progress"), (2, "progress"), (3, "y")]
+    assert JobEvent.objects.get(job=job, seq=2).data == {"current": 2, "total": None, "message": ""}
+
+
 # -- concurrent publishers -------------------------------------------------------------------
 
 
-def test_concurrent_publishers_never_commit_out_of_order(job: Job) -> None:
+def test_concurrent_publishers_never_commit_out_of_order(write_path: str, job: Job) -> None:
     threads_count, per_thread = 4, 25
     errors: list[BaseException] = []
     done = threading.Event()

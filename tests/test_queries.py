@@ -1,0 +1,179 @@
+"""The queries of streams: ``fetch_events``' pages and the JSON text of stored data."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from django_sse import publish, queries
+from django_sse.models import Job, JobEvent
+from django_sse.validation import dump_data
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Values json.loads can give back: what a JSONField column holds.
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+
+def reference(value: Any) -> str:
+    """What the ORM's JSONField.from_db_value and dump_data made of a column value."""
+    if value is None:
+        return "null"
+    try:
+        decoded = json.loads(value)
+    except json.JSONDecodeError:
+        decoded = value
+    return dump_data(decoded)
+
+
+@given(json_values)
+@settings(max_examples=300, deadline=None)
+def test_json_text_is_dump_data_of_the_decoded_value(value: Any) -> None:
+    # As stored (SQLite: compact, ASCII escapes) and as PostgreSQL's jsonb gives it back.
+    for text in (
+        json.dumps(value, separators=(",", ":")),
+        json.dumps(value, ensure_ascii=False),
+        f" {json.dumps(value)}\n",
+    ):
+        assert queries._json_text(text) == reference(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not json",
+        '{"a": 1} trailing',
+        "[1, 2",
+        "NaN",
+        "-Infinity",
+        '"\\ud800"',
+        '{"é": "\\u00e9", "s": "a\\nb\\r\\u2028"}',
+        "1e-07",
+        "0.0000001",
+        "100000000000000000000000",
+        "12.50",
+    ],
+)
+def test_json_text_of_odd_column_values(text: str) -> None:
+    assert queries._json_text(text) == reference(text)
+    assert queries._json_text(None) == "null"
+
+
+def test_compact_encoder_without_the_c_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    encode = queries._compact_encoder()
+    value = {"a": [1, 2.5, None, True], "é": "ü\n"}
+    assert encode(value) == dump_data(value)
+
+
+@pytest.mark.parametrize("fault", ["disagrees", "raises"])
+def test_compact_encoder_is_checked_before_use(monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    real = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    assert real is not None
+
+    def changed(*args: Any) -> Any:
+        if args[0] is not None:  # json.dumps' own call (it checks for cycles): untouched
+            return real(*args)
+        if fault == "raises":
+            raise TypeError("another signature")
+        return real(*args[:4], ": ", ", ", *args[6:])  # spaces after the separators
+
+    monkeypatch.setattr(json.encoder, "c_make_encoder", changed)
+    encode = queries._compact_encoder()
+    assert encode({"a": [1, 2]}) == '{"a":[1,2]}'
+
+
+# -- fetch_events ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def job() -> Job:
+    return Job.objects.create(owner=User.objects.create(username="ann"))
+
+
+@pytest.fixture(params=["raw", "orm"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """ "raw": a cursor (PostgreSQL, SQLite); "orm": the ORM, for other databases."""
+    if request.param == "orm":
+        monkeypatch.setattr(queries, "_raw_rows_supported", lambda vendor: False)
+    return str(request.param)
+
+
+def seqs(job: Job, after: int, **kwargs: Any) -> list[int]:
+    return [e.seq for e in queries.fetch_events(job.pk, after, **kwargs)]
+
+
+DATA: list[Any] = [
+    {"n": 1, "é": "ü", "s": "line\nbreak", "f": 1764000000.123456},
+    [1, 2.5, None, True, {"x": []}],
+    "plain text",
+    None,
+    10**20,
+    {"b": 1, "a": 2},
+]
+
+
+def test_fetch_events_gives_the_wire_text(read_path: str, job: Job) -> None:
+    for value in DATA:
+        publish(job, "step", value)
+    events = queries.fetch_events(job.pk, 0)
+    assert [(e.seq, e.type) for e in events] == [(n, "step") for n in range(1, len(DATA) + 1)]
+    for event in events:
+        stored = JobEvent.objects.get(job=job, seq=event.seq).data
+        assert event.data == dump_data(stored)
+
+
+def test_fetch_events_pages(read_path: str, job: Job) -> None:
+    for n in range(10):
+        publish(job, "step", n)
+    assert seqs(job, 0, limit=4) == [1, 2, 3, 4]
+    assert seqs(job, 4, limit=4) == [5, 6, 7, 8]
+    assert seqs(job, 8, limit=4) == [9, 10]
+    assert seqs(job, 10, limit=4) == []
+    assert seqs(job, 2, upto=5, limit=4) == [3, 4, 5]
+    assert seqs(job, 2, upto=9, limit=4) == [3, 4, 5, 6]
+    assert seqs(job, 5, upto=5, limit=4) == []
+    assert seqs(job, 0, limit=100) == list(range(1, 11))
+    assert queries.fetch_events(uuid.uuid4(), 0) == []
+
+
+def test_fetch_events_past_missing_events(read_path: str, job: Job) -> None:
+    for n in range(10):
+        publish(job, "step", n)
+    JobEvent.objects.filter(job=job, seq__in=[3, 4, 5]).delete()  # by hand
+    assert seqs(job, 0, limit=4) == [1, 2, 6, 7]
+    assert seqs(job, 2, limit=4) == [6, 7, 8, 9]
+    assert seqs(job, 0, upto=6, limit=4) == [1, 2, 6]
+    assert seqs(job, 0, upto=4, limit=4) == [1, 2]
+
+
+def test_a_full_page_is_one_query(job: Job) -> None:
+    for n in range(10):
+        publish(job, "step", n)
+    with CaptureQueriesContext(connection) as captured:
+        assert seqs(job, 0, limit=5) == [1, 2, 3, 4, 5]
+        assert seqs(job, 3, upto=6, limit=5) == [4, 5, 6]
+    assert len(captured.captured_queries) == 2
+    # The page's upper bound is in the query: its cost is the page's whatever the plan.
+    assert all(" <= " in q["sql"] for q in captured.captured_queries)
+    # The end of the history: one more query finds that nothing follows.
+    with CaptureQueriesContext(connection) as captured:
+        assert seqs(job, 8, limit=5) == [9, 10]
+    assert len(captured.captured_queries) == 2
