@@ -400,6 +400,8 @@ def plots(rows: list[dict[str, Any]], plot_dir: Path) -> list[str]:
 
     plot_dir.mkdir(exist_ok=True)
     made: list[str] = []
+    # 12+ series: one colour each (the default cycle has 10, and repeats).
+    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)
     series: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for r in rows:
         s = r.get("scenario", "")
