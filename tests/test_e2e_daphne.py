@@ -278,11 +278,14 @@ class Stream:
         except StopIteration:
             self.ended = True
             return b""
-        now = time.time()
+        self.take(chunk, time.time())
+        return chunk
+
+    def take(self, chunk: bytes, now: float) -> None:
+        """Keep the raw bytes and parse ``chunk``, noting when each event arrived."""
         self.raw += chunk
         for event in self.parser.feed(chunk):
             self.arrivals.setdefault(int(event.last_event_id), now)
-        return chunk
 
     def read_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

@@ -143,23 +143,12 @@ class BulkStream(Stream):
 
     RAW_LIMIT = 65536
 
-    def read_chunk(self) -> bytes:
-        if self.ended:
-            return b""
-        if self.chunks is None:
-            self.chunks = self.response.iter_raw()
-        try:
-            chunk = next(self.chunks)
-        except StopIteration:
-            self.ended = True
-            return b""
-        now = time.time()
+    def take(self, chunk: bytes, now: float) -> None:
         if len(self.raw) < self.RAW_LIMIT:
             self.raw += chunk[: self.RAW_LIMIT - len(self.raw)]
         for piece in _pieces(chunk):
             for event in self.parser.feed(piece):
                 self.arrivals.setdefault(int(event.last_event_id), now)
-        return chunk
 
 
 def open_bulk_stream(
