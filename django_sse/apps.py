@@ -15,6 +15,7 @@ class DjangoSseConfig(AppConfig):
 
         from django_sse import checks  # noqa: F401  (registers the checks)
         from django_sse.conf import clear_cache
+        from django_sse.fragments import clear_fragment_cache
         from django_sse.models import JobEvent
         from django_sse.signals import push_event_on_commit
 
@@ -22,3 +23,6 @@ class DjangoSseConfig(AppConfig):
             push_event_on_commit, sender=JobEvent, dispatch_uid="django_sse.push_event_on_commit"
         )
         setting_changed.connect(clear_cache, dispatch_uid="django_sse.clear_conf_cache")
+        setting_changed.connect(
+            clear_fragment_cache, dispatch_uid="django_sse.clear_fragment_cache"
+        )

@@ -12,11 +12,13 @@ status), for ``sse-close="end"``: htmx's extension would otherwise reconnect to 
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from typing import Any
 
 from django.template.loader import select_template
+from django.utils.translation import get_language
 
 from django_sse.hub import Delivery
 from django_sse.queries import StoredEvent
@@ -28,8 +30,23 @@ FORMATS = ("json", "html")
 END_EVENT = "end"
 
 
+# Rendered fragments kept per process: every stream of a job gets the same event, and renders
+# it once (per language), not once per subscriber.
+FRAGMENT_CACHE_SIZE = 2048
+
+
 def render_fragment(job_id: uuid.UUID, event: StoredEvent) -> str:
     """The HTML of one event."""
+    return _render(job_id, event, get_language())
+
+
+def clear_fragment_cache(**kwargs: Any) -> None:
+    """Forget rendered fragments (connected to ``setting_changed``: TEMPLATES may change)."""
+    _render.cache_clear()
+
+
+@functools.lru_cache(maxsize=FRAGMENT_CACHE_SIZE)
+def _render(job_id: uuid.UUID, event: StoredEvent, language: str | None) -> str:
     template = select_template([f"django_sse/htmx/{event.type}.html", "django_sse/htmx/event.html"])
     context: dict[str, Any] = {
         "job_id": job_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
+from django.template import loader
 
 from django_sse import publish
 from django_sse.fragments import render_fragment
@@ -81,3 +82,29 @@ async def test_event_without_a_template_of_its_own_uses_the_generic_one() -> Non
     job_id = Job(name="x").pk
     html = render_fragment(job_id, StoredEvent(7, "row_added", '{"message": "Row <7>"}'))
     assert html == "<li>Row &lt;7&gt;</li>"
+
+
+async def test_an_event_is_rendered_once_for_every_stream(
+    hub_cleanup: None, job: Job, owner_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_sse import fragments
+
+    fragments.clear_fragment_cache()
+    renders: list[str] = []
+    real = loader.select_template
+
+    def counting(names: list[str]) -> object:
+        renders.append(names[0])
+        return real(names)
+
+    monkeypatch.setattr("django_sse.fragments.select_template", counting)
+    clients = [await open_html(job.pk, owner_key) for _ in range(3)]
+    for client in clients:
+        await client.read_chunk()  # retry: each stream is live
+    await sync_to_async(publish)(job, "log", {"line": "once"})
+    for client in clients:
+        events = await client.read_events(1)
+        assert events[0].data == "<li>once</li>"
+    assert renders == ["django_sse/htmx/log.html"]
+    for client in clients:
+        await client.disconnect()
