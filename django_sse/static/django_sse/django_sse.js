@@ -607,8 +607,15 @@
     cancel_failed: "The job could not be cancelled.",
   };
 
+  // Parsed once per element, not once per event.
+  const labelCache = new WeakMap();
+
   function labelsOf(element) {
+    if (labelCache.has(element)) {
+      return labelCache.get(element);
+    }
     const labels = Object.assign({}, DEFAULT_LABELS);
+    labelCache.set(element, labels);
     const own = element.getAttribute("data-django-sse-labels");
     if (own) {
       try {
