@@ -66,6 +66,9 @@ class FragmentStream(JobStream):
 
     __slots__ = ()
 
+    # Each live chunk is rendered for this stream's language, not the hub's encoding.
+    direct_writes = False
+
     def _encode(self, events: list[StoredEvent]) -> bytes:
         job_id = self.access.job.pk
         rendered = [

@@ -28,6 +28,7 @@ from channels.layers import BaseChannelLayer
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.delivery import get_layer
+from django_sse.direct import DirectWriter, body_message
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
 from django_sse.queries import StoredEvent, fetch_events, last_seq, last_seqs
 from django_sse.sse import encode_event
@@ -52,15 +53,18 @@ class Delivery(NamedTuple):
 class Subscriber:
     """One open stream's inbox for one job: ``Delivery`` items, in order.
 
-    Streams that follow several jobs share one ``wakeup`` event among their subscribers.
+    Streams that follow several jobs share one ``wakeup`` event among their subscribers. A
+    stream that can write to the server directly sets ``writer`` (see ``direct.py``): while it
+    is active, events go straight to the client instead of into ``items``.
     """
 
-    __slots__ = ("items", "job_id", "wakeup")
+    __slots__ = ("items", "job_id", "wakeup", "writer")
 
     def __init__(self, job_id: uuid.UUID, wakeup: asyncio.Event | None = None) -> None:
         self.job_id = job_id
         self.items: deque[Delivery] = deque()
         self.wakeup = wakeup or asyncio.Event()
+        self.writer: DirectWriter | None = None
 
     def deliver(self, item: Delivery) -> None:
         self.items.append(item)
@@ -194,9 +198,19 @@ class Hub:
 
     def _dispatch(self, feed: _Feed, event: StoredEvent) -> None:
         item = _encode(event)
-        for subscriber in feed.subscribers:
+        seq, chunk, terminal = event.seq, item.chunk, item.terminal
+        message = None  # one body message for every direct write of this event
+        # A copy: a write runs the server's code, which must not be able to change the set
+        # under the loop.
+        for subscriber in tuple(feed.subscribers):
+            writer = subscriber.writer
+            if writer is not None and writer.active:
+                if message is None:
+                    message = body_message(chunk)
+                if writer.write(seq, chunk, message, terminal):
+                    continue
             subscriber.deliver(item)
-        feed.seq = event.seq
+        feed.seq = seq
 
     def _release_held(self, job_id: uuid.UUID, feed: _Feed) -> None:
         held, feed.held = feed.held, []

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
 
+from django_sse.asgi import current_sink
 from django_sse.auth import Access, reauthorize_stream
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
+from django_sse.direct import DirectWriter
 from django_sse.hub import Delivery, Subscriber, get_hub
 from django_sse.queries import StoredEvent, fetch_events
 from django_sse.sse import HEARTBEAT, encode_event, encode_retry
@@ -42,6 +44,11 @@ class JobStream:
 
     __slots__ = ("access", "last_seq", "reason", "request", "sent")
 
+    # Live events may be written by the hub straight to the server (``direct.py``) when the
+    # request came through ``DirectWriteMiddleware``: only for streams whose live chunk is the
+    # hub's own encoding.
+    direct_writes = True
+
     def __init__(self, request: HttpRequest, access: Access, resume_from: int) -> None:
         self.request = request
         self.access = access
@@ -62,15 +69,21 @@ class JobStream:
             describe_user(self.access.user),
             self.last_seq,
         )
+        sink = current_sink() if self.direct_writes else None
         try:
             # First, so that even a stream cut short by a failure tells the browser when to
             # come back.
-            yield encode_retry(conf.RETRY_MILLISECONDS)
+            retry = encode_retry(conf.RETRY_MILLISECONDS)
+            if sink is not None:
+                sink.expect(retry)
+            yield retry
             subscriber = await hub.subscribe(job_id)
             async for chunk in self._read():
                 yield chunk
             if self.reason == "job finished":
                 return
+            if sink is not None and sink.verified:
+                subscriber.writer = DirectWriter(sink.raw, subscriber.wakeup)
             async for chunk in self._live(subscriber):
                 yield chunk
         except DatabaseError as exc:
@@ -159,11 +172,15 @@ class JobStream:
 
         # One timer per heartbeat period, not a wait_for() (a task and a timer) per event.
         timer = loop.call_later(heartbeat, beat)
+        writer = subscriber.writer
         try:
             while True:
                 if not subscriber.items and not beat_due:
-                    # Our own Event: safe to cancel (the hub's layer receive never is).
-                    await subscriber.wakeup.wait()
+                    if writer is None:
+                        # Our own Event: safe to cancel (the hub's layer receive never is).
+                        await subscriber.wakeup.wait()
+                    elif not await self._wait_writing(subscriber, writer):
+                        return
                 subscriber.wakeup.clear()
                 parts: list[bytes] = []
                 while subscriber.items and self.reason != "job finished":
@@ -202,3 +219,31 @@ class JobStream:
                     timer = loop.call_later(heartbeat, beat)
         finally:
             timer.cancel()
+            if writer is not None:
+                writer.cancel()
+
+    async def _wait_writing(self, subscriber: Subscriber, writer: DirectWriter) -> bool:
+        """Let the hub write events directly until the stream's task has something to do.
+
+        Everything Django sent is on the wire (the response loop asked for the next chunk),
+        so the writer starts after ``last_seq``. False: the stream is over (the job ended or a
+        write failed).
+        """
+        writer.last_seq = self.last_seq
+        writer.active = True
+        try:
+            await subscriber.wakeup.wait()
+        finally:
+            writer.active = False
+            self.last_seq = writer.last_seq
+            self.sent += writer.sent
+            writer.sent = 0
+        # Whatever the task sends next goes after the writes already made.
+        await writer.settle()
+        if writer.error is not None:
+            self.reason = f"write failed ({writer.error.__class__.__name__})"
+            return False
+        if writer.finished:
+            self.reason = "job finished"
+            return False
+        return True

@@ -12,9 +12,13 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.sessions.backends.db import SessionStore
 from django.core.asgi import get_asgi_application
 
+from django_sse.asgi import DirectWriteMiddleware
 from tests.sse_parser import Event, Parser
 
-application = get_asgi_application()
+# Streams go through DirectWriteMiddleware, as the docs recommend; ``app=plain_application``
+# leaves it out.
+plain_application = get_asgi_application()
+application = DirectWriteMiddleware(plain_application)
 
 
 def make_session(user: Any = None) -> str:
@@ -41,6 +45,7 @@ class StreamClient:
         session_key: str | None = None,
         headers: dict[str, str] | None = None,
         method: str = "GET",
+        app: Any = None,
     ) -> None:
         parts = urlsplit(url)
         raw_headers = [(b"host", b"testserver"), (b"accept", b"text/event-stream")]
@@ -65,7 +70,7 @@ class StreamClient:
             "client": ("127.0.0.1", 50000),
             "server": ("testserver", 80),
         }
-        self.communicator = ApplicationCommunicator(application, scope)
+        self.communicator = ApplicationCommunicator(app or application, scope)
         self.parser = Parser()
         self.status: int | None = None
         self.headers: dict[str, str] = {}

@@ -1,0 +1,346 @@
+"""Direct writes of live events (``DirectWriteMiddleware`` and ``direct.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from asgiref.sync import markcoroutinefunction, sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest, StreamingHttpResponse
+from django.test import override_settings
+
+from django_sse.asgi import DirectWriteMiddleware, Message
+from django_sse.direct import DirectWriter, body_message
+from django_sse.hub import get_hub
+from django_sse.models import Job
+from django_sse.stream import JobStream
+from tests.test_views import apublish_in_thread, open_stream, url
+from tests.utils import StreamClient, plain_application
+
+NO_POLL = {"POLL_SECONDS": 60}
+
+
+async def writing(job_id: Any, count: int = 1) -> list[DirectWriter]:
+    """Wait until ``count`` streams of the job wait with their direct writer active."""
+    hub = get_hub()
+    for _ in range(300):
+        feed = hub.feeds.get(job_id)
+        if feed is not None:
+            writers = [s.writer for s in feed.subscribers if s.writer is not None]
+            active = [w for w in writers if w.active]
+            if len(active) >= count:
+                return active
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job_id} never had {count} active direct writer(s)")
+
+
+@pytest.fixture
+def live_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The seq of every live event that went through the stream's own task."""
+    calls: list[int] = []
+    original = JobStream._live_chunk
+
+    def counting(self: JobStream, delivery: Any) -> bytes:
+        calls.append(delivery.event.seq)
+        return original(self, delivery)
+
+    monkeypatch.setattr(JobStream, "_live_chunk", counting)
+    return calls
+
+
+# -- through the view ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE=NO_POLL)
+async def test_caught_up_stream_gets_live_events_without_its_task(
+    hub_cleanup: None, job: Job, owner_key: str, live_chunks: list[int]
+) -> None:
+    await apublish_in_thread(job, "step", {"n": 0})
+    client = await open_stream(job.pk, owner_key)
+    await client.read_events(1)
+    await writing(job.pk)
+    for n in range(1, 6):
+        await apublish_in_thread(job, "step", {"n": n})
+    events = await client.read_events(6)
+    assert [(e.last_event_id, json.loads(e.data)["n"]) for e in events] == [
+        (str(n + 1), n) for n in range(6)
+    ]
+    assert live_chunks == []
+    await client.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE=NO_POLL)
+async def test_without_the_middleware_live_events_go_through_django(
+    hub_cleanup: None, job: Job, owner_key: str, live_chunks: list[int]
+) -> None:
+    client = StreamClient(url(job.pk), session_key=owner_key, app=plain_application)
+    await client.start()
+    await client.read_chunk()
+    await asyncio.sleep(0.1)
+    feed = get_hub().feeds[job.pk]
+    assert [s.writer for s in feed.subscribers] == [None]
+    for n in range(3):
+        await apublish_in_thread(job, "step", {"n": n})
+    assert [e.last_event_id for e in await client.read_events(3)] == ["1", "2", "3"]
+    assert live_chunks == [1, 2, 3]
+    await client.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE={**NO_POLL, "HEARTBEAT_SECONDS": 0.3})
+async def test_heartbeat_and_end_come_after_the_direct_writes(
+    hub_cleanup: None, job: Job, owner_key: str
+) -> None:
+    client = await open_stream(job.pk, owner_key)
+    await client.read_chunk()
+    await writing(job.pk)
+    await apublish_in_thread(job, "step", {"n": 1})
+    await client.read_events(1)
+    assert await client.read_chunk(timeout=2) == b": ping\n\n"
+    # After the heartbeat (sent by the stream's task) the writer is active again.
+    await writing(job.pk)
+    await apublish_in_thread(job, "step", {"n": 2})
+    await sync_to_async(job.succeed)({"rows": 2})
+    await client.read_to_end()
+    assert [e.type for e in client.parser.events] == ["step", "step", "succeeded"]
+    assert client.seqs == [1, 2, 3]
+    assert json.loads(client.parser.events[-1].data) == {"result": {"rows": 2}}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE=NO_POLL)
+async def test_gap_hands_over_to_the_stream_which_reads_the_database(
+    hub_cleanup: None, job: Job, owner_key: str
+) -> None:
+    client = await open_stream(job.pk, owner_key)
+    await client.read_chunk()
+    (writer,) = await writing(job.pk)
+    # The writer only writes the event after its last one: anything else is the stream's job.
+    assert writer.write(5, b"id: 5\n\n", body_message(b"id: 5\n\n"), False) is False
+    assert writer.active is False
+    await apublish_in_thread(job, "step", {"n": 1})
+    assert client.seqs == [] or client.seqs == [1]
+    await client.read_events(1)
+    assert client.seqs == [1]
+    await client.disconnect()
+
+
+def rewriting_middleware(get_response: Any) -> Any:
+    """A middleware that rewrites streaming bodies (as a compressing one would)."""
+
+    async def middleware(request: HttpRequest) -> Any:
+        response = await get_response(request)
+        if isinstance(response, StreamingHttpResponse):
+            content = response.streaming_content
+
+            async def rewritten() -> AsyncIterator[bytes]:
+                async for part in content:  # type: ignore[union-attr]
+                    yield b": rewritten\n" + part
+
+            response.streaming_content = rewritten()
+        return response
+
+    return markcoroutinefunction(middleware)
+
+
+rewriting_middleware.async_capable = True  # type: ignore[attr-defined]
+rewriting_middleware.sync_capable = False  # type: ignore[attr-defined]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_middleware_rewriting_the_body_keeps_streams_on_djangos_path(
+    hub_cleanup: None,
+    job: Job,
+    owner_key: str,
+    live_chunks: list[int],
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_direct.rewriting_middleware"]
+    settings.DJANGO_SSE = NO_POLL
+    caplog.set_level(logging.WARNING, logger="django_sse")
+    # A handler of its own: middleware is loaded when the handler is made.
+    app = DirectWriteMiddleware(ASGIHandler())
+    client = StreamClient(url(job.pk), session_key=owner_key, app=app)
+    await client.start()
+    await client.read_chunk()
+    await asyncio.sleep(0.1)
+    for n in range(2):
+        await apublish_in_thread(job, "step", {"n": n})
+    await client.read_events(2)
+    assert client.seqs == [1, 2]
+    assert client.body.count(b": rewritten\n") >= 3  # the retry line and each live chunk
+    assert live_chunks == [1, 2]
+    assert "A middleware rewrites the body of event streams" in caplog.text
+    await client.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE=NO_POLL)
+async def test_a_failed_direct_write_ends_the_stream(
+    hub_cleanup: None, job: Job, owner_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_sse")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def failing_send(message: Message) -> None:
+            if b"id: 1\n" in message.get("body", b""):
+                raise OSError("connection reset")
+            await send(message)
+
+        await DirectWriteMiddleware(plain_application)(scope, receive, failing_send)
+
+    client = StreamClient(url(job.pk), session_key=owner_key, app=app)
+    await client.start()
+    await client.read_chunk()
+    await writing(job.pk)
+    await apublish_in_thread(job, "step", {"n": 1})
+    await client.read_to_end()
+    assert client.parser.events == []
+    assert "reason=write failed (OSError)" in caplog.text
+    await asyncio.sleep(0.05)
+    assert job.pk not in get_hub().feeds
+
+
+# -- the writer ------------------------------------------------------------------------------
+
+
+class SlowSend:
+    """An ASGI send whose writes wait for ``release`` while ``blocked``."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.blocked = False
+        self.release = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if self.fail is not None:
+            raise self.fail
+        if self.blocked:
+            await self.release.wait()
+        self.bodies.append(message["body"])
+
+
+def in_flight(writer: DirectWriter) -> bool:
+    return writer.inflight is not None
+
+
+def chunk(seq: int) -> bytes:
+    return f"id: {seq}\ndata: {seq}\n\n".encode()
+
+
+def write(writer: DirectWriter, seq: int, terminal: bool = False) -> bool:
+    return writer.write(seq, chunk(seq), body_message(chunk(seq)), terminal)
+
+
+@pytest.mark.asyncio
+async def test_writes_in_order_and_skips_what_was_sent() -> None:
+    send = SlowSend()
+    writer = DirectWriter(send, asyncio.Event())
+    writer.last_seq = 2
+    writer.active = True
+    assert write(writer, 2) is True  # already sent: skipped
+    assert write(writer, 3) is True
+    assert write(writer, 4) is True
+    assert send.bodies == [chunk(3), chunk(4)]  # written at once, no task
+    assert writer.inflight is None
+    assert (writer.last_seq, writer.sent) == (4, 2)
+
+
+@pytest.mark.asyncio
+async def test_a_blocked_write_finishes_later_and_joins_what_came_meanwhile() -> None:
+    send = SlowSend()
+    wakeup = asyncio.Event()
+    writer = DirectWriter(send, wakeup)
+    writer.active = True
+    send.blocked = True
+    write(writer, 1)
+    assert in_flight(writer)
+    write(writer, 2)
+    write(writer, 3)
+    assert send.bodies == []
+    send.blocked = False
+    send.release.set()
+    await writer.settle()
+    assert send.bodies == [chunk(1), chunk(2) + chunk(3)]
+    assert writer.inflight is None
+    assert not wakeup.is_set()
+
+
+@pytest.mark.asyncio
+async def test_a_gap_hands_over() -> None:
+    writer = DirectWriter(SlowSend(), asyncio.Event())
+    writer.active = True
+    assert write(writer, 2) is False
+    assert writer.active is False
+    assert writer.last_seq == 0
+
+
+@pytest.mark.asyncio
+async def test_a_terminal_event_wakes_the_stream() -> None:
+    wakeup = asyncio.Event()
+    writer = DirectWriter(SlowSend(), wakeup)
+    writer.active = True
+    write(writer, 1, terminal=True)
+    assert writer.finished and not writer.active and wakeup.is_set()
+
+
+@pytest.mark.asyncio
+async def test_a_failing_write_wakes_the_stream_with_the_error() -> None:
+    send = SlowSend()
+    send.fail = OSError("gone")
+    wakeup = asyncio.Event()
+    writer = DirectWriter(send, wakeup)
+    writer.active = True
+    write(writer, 1)
+    assert isinstance(writer.error, OSError)
+    assert not writer.active and wakeup.is_set()
+
+
+@pytest.mark.asyncio
+async def test_a_write_failing_after_blocking_wakes_the_stream() -> None:
+    send = SlowSend()
+    wakeup = asyncio.Event()
+    writer = DirectWriter(send, wakeup)
+    writer.active = True
+    send.blocked = True
+    write(writer, 1)
+    write(writer, 2)
+    send.fail = OSError("gone")
+    send.blocked = False
+    send.release.set()
+    await writer.settle()
+    # The first write went through; the joined second one failed.
+    assert send.bodies == [chunk(1)]
+    assert isinstance(writer.error, OSError) and wakeup.is_set()
+    assert writer.pending == []
+
+
+@pytest.mark.asyncio
+async def test_cancel_stops_a_blocked_write() -> None:
+    send = SlowSend()
+    writer = DirectWriter(send, asyncio.Event())
+    writer.active = True
+    send.blocked = True
+    write(writer, 1)
+    inflight = writer.inflight
+    assert inflight is not None
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await inflight
+    assert send.bodies == []
+    assert writer.inflight is None
