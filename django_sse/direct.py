@@ -21,6 +21,7 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 from django_sse.asgi import Message, Send
+from django_sse.wakeup import Wakeup
 
 
 class _Resume:
@@ -71,7 +72,7 @@ class DirectWriter:
         "wakeup",
     )
 
-    def __init__(self, send: Send, wakeup: asyncio.Event) -> None:
+    def __init__(self, send: Send, wakeup: Wakeup) -> None:
         self.send = send
         self.wakeup = wakeup  # the stream's: set when the stream's task must take over
         self.active = False  # the stream is waiting and caught up: the hub may write

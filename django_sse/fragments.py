@@ -70,7 +70,7 @@ class FragmentStream(JobStream):
     direct_writes = False
 
     def _encode(self, events: list[StoredEvent]) -> bytes:
-        job_id = self.access.job.pk
+        job_id = self.job_id
         rendered = [
             event._replace(data=render_fragment(job_id, event))
             for event in events
@@ -84,7 +84,7 @@ class FragmentStream(JobStream):
 
     def _live_chunk(self, delivery: Delivery) -> bytes:
         event = delivery.event
-        html = render_fragment(self.access.job.pk, event)
+        html = render_fragment(self.job_id, event)
         chunk = encode_event(html, event=event.type, id=event.seq)
         if delivery.terminal:
             chunk += _end(event)

@@ -33,6 +33,7 @@ from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
 from django_sse.queries import StoredEvent, fetch_events, last_seq, last_seqs
 from django_sse.sse import encode_event
 from django_sse.validation import TERMINAL_TYPES
+from django_sse.wakeup import Wakeup
 
 logger = logging.getLogger("django_sse")
 
@@ -60,13 +61,16 @@ class Subscriber:
 
     __slots__ = ("items", "job_id", "wakeup", "writer")
 
-    def __init__(self, job_id: uuid.UUID, wakeup: asyncio.Event | None = None) -> None:
+    def __init__(self, job_id: uuid.UUID, wakeup: Wakeup | None = None) -> None:
         self.job_id = job_id
-        self.items: deque[Delivery] = deque()
-        self.wakeup = wakeup or asyncio.Event()
+        # Made on the first delivery: a stream written to directly may never need it.
+        self.items: deque[Delivery] | None = None
+        self.wakeup = wakeup or Wakeup()
         self.writer: DirectWriter | None = None
 
     def deliver(self, item: Delivery) -> None:
+        if self.items is None:
+            self.items = deque()
         self.items.append(item)
         self.wakeup.set()
 
@@ -110,7 +114,7 @@ class Hub:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, job_id: uuid.UUID, wakeup: asyncio.Event | None = None) -> Subscriber:
+    async def subscribe(self, job_id: uuid.UUID, wakeup: Wakeup | None = None) -> Subscriber:
         """Start receiving ``job_id``'s events. Every event committed after this returns is
         delivered; anything older is in the database for the caller's replay."""
         self._start()

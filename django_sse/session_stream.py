@@ -35,6 +35,7 @@ from django_sse.sse import HEARTBEAT, encode_event, encode_retry
 from django_sse.stream import describe_user
 from django_sse.threads import release_request_thread
 from django_sse.validation import TERMINAL_TYPES
+from django_sse.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -112,7 +113,7 @@ class SessionStream:
         self.resume = resume
         self.jobs: dict[uuid.UUID, _Tracked] = {}
         self.horizon = 0
-        self.wakeup = asyncio.Event()
+        self.wakeup = Wakeup()
         self.sent = 0
         self.reason = "client went away"
 

@@ -42,7 +42,9 @@ def describe_user(user: object) -> str:
 class JobStream:
     """The body of one SSE response for one job."""
 
-    __slots__ = ("access", "last_seq", "reason", "request", "sent")
+    # Kept small: thousands of these may be open per process. The stream keeps the job's id and
+    # the identity it was opened with, not the ``Access`` (the job's model instance).
+    __slots__ = ("job_id", "last_seq", "reason", "request", "sent", "session_key", "user")
 
     # Live events may be written by the hub straight to the server (``direct.py``) when the
     # request came through ``DirectWriteMiddleware``: only for streams whose live chunk is the
@@ -51,22 +53,26 @@ class JobStream:
 
     def __init__(self, request: HttpRequest, access: Access, resume_from: int) -> None:
         self.request = request
-        self.access = access
+        self.job_id = access.job.pk
+        self.user = describe_user(access.user)
+        self.session_key = access.session_key
         self.last_seq = resume_from
         self.sent = 0
         self.reason = "client went away"
 
     async def events(self) -> AsyncIterator[bytes]:
-        job_id = self.access.job.pk
+        job_id = self.job_id
         opened = time.monotonic()
-        # The middleware has run: the request's thread is of no more use to us.
+        # The middleware has run: the request's thread is of no more use to us, nor is the
+        # URL resolution (kept by the request for as long as the stream lasts otherwise).
         await release_request_thread()
+        self.request.resolver_match = None
         hub = get_hub()
         subscriber: Subscriber | None = None
         logger.info(
             "Stream opened: job=%s user=%s resume=%s",
             job_id,
-            describe_user(self.access.user),
+            self.user,
             self.last_seq,
         )
         sink = current_sink() if self.direct_writes else None
@@ -96,7 +102,7 @@ class JobStream:
             logger.info(
                 "Stream closed: job=%s user=%s events=%d duration=%.1fs reason=%s",
                 job_id,
-                describe_user(self.access.user),
+                self.user,
                 self.sent,
                 time.monotonic() - opened,
                 self.reason,
@@ -134,7 +140,7 @@ class JobStream:
     async def _read(self, upto: int | None = None) -> AsyncIterator[bytes]:
         """Stored events after ``last_seq`` (up to ``upto``), a page per chunk."""
         page = conf.REPLAY_PAGE_SIZE
-        job_id = self.access.job.pk
+        job_id = self.job_id
         if self.reason == "job finished":
             return
         events = await run_in_db_thread(fetch_events, job_id, self.last_seq, upto=upto, limit=page)
@@ -206,14 +212,12 @@ class JobStream:
                     allowed = await run_in_db_thread(
                         reauthorize_stream,
                         self.request,
-                        self.access.job.pk,
-                        self.access.session_key,
+                        self.job_id,
+                        self.session_key,
                     )
                     if not allowed:
                         self.reason = "access revoked"
-                        logger.info(
-                            "Stream of job %s: access revoked, closing.", self.access.job.pk
-                        )
+                        logger.info("Stream of job %s: access revoked, closing.", self.job_id)
                         return
                     yield HEARTBEAT
                     timer = loop.call_later(heartbeat, beat)

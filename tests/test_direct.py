@@ -19,6 +19,7 @@ from django_sse.direct import DirectWriter, body_message
 from django_sse.hub import get_hub
 from django_sse.models import Job
 from django_sse.stream import JobStream
+from django_sse.wakeup import Wakeup
 from tests.test_views import apublish_in_thread, open_stream, url
 from tests.utils import StreamClient, plain_application
 
@@ -224,7 +225,7 @@ class SlowSend:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         self.blocked = False
-        self.release = asyncio.Event()
+        self.release = Wakeup()
         self.fail: Exception | None = None
 
     async def __call__(self, message: Message) -> None:
@@ -250,7 +251,7 @@ def write(writer: DirectWriter, seq: int, terminal: bool = False) -> bool:
 @pytest.mark.asyncio
 async def test_writes_in_order_and_skips_what_was_sent() -> None:
     send = SlowSend()
-    writer = DirectWriter(send, asyncio.Event())
+    writer = DirectWriter(send, Wakeup())
     writer.last_seq = 2
     writer.active = True
     assert write(writer, 2) is True  # already sent: skipped
@@ -264,7 +265,7 @@ async def test_writes_in_order_and_skips_what_was_sent() -> None:
 @pytest.mark.asyncio
 async def test_a_blocked_write_finishes_later_and_joins_what_came_meanwhile() -> None:
     send = SlowSend()
-    wakeup = asyncio.Event()
+    wakeup = Wakeup()
     writer = DirectWriter(send, wakeup)
     writer.active = True
     send.blocked = True
@@ -283,7 +284,7 @@ async def test_a_blocked_write_finishes_later_and_joins_what_came_meanwhile() ->
 
 @pytest.mark.asyncio
 async def test_a_gap_hands_over() -> None:
-    writer = DirectWriter(SlowSend(), asyncio.Event())
+    writer = DirectWriter(SlowSend(), Wakeup())
     writer.active = True
     assert write(writer, 2) is False
     assert writer.active is False
@@ -292,7 +293,7 @@ async def test_a_gap_hands_over() -> None:
 
 @pytest.mark.asyncio
 async def test_a_terminal_event_wakes_the_stream() -> None:
-    wakeup = asyncio.Event()
+    wakeup = Wakeup()
     writer = DirectWriter(SlowSend(), wakeup)
     writer.active = True
     write(writer, 1, terminal=True)
@@ -303,7 +304,7 @@ async def test_a_terminal_event_wakes_the_stream() -> None:
 async def test_a_failing_write_wakes_the_stream_with_the_error() -> None:
     send = SlowSend()
     send.fail = OSError("gone")
-    wakeup = asyncio.Event()
+    wakeup = Wakeup()
     writer = DirectWriter(send, wakeup)
     writer.active = True
     write(writer, 1)
@@ -314,7 +315,7 @@ async def test_a_failing_write_wakes_the_stream_with_the_error() -> None:
 @pytest.mark.asyncio
 async def test_a_write_failing_after_blocking_wakes_the_stream() -> None:
     send = SlowSend()
-    wakeup = asyncio.Event()
+    wakeup = Wakeup()
     writer = DirectWriter(send, wakeup)
     writer.active = True
     send.blocked = True
@@ -333,7 +334,7 @@ async def test_a_write_failing_after_blocking_wakes_the_stream() -> None:
 @pytest.mark.asyncio
 async def test_cancel_stops_a_blocked_write() -> None:
     send = SlowSend()
-    writer = DirectWriter(send, asyncio.Event())
+    writer = DirectWriter(send, Wakeup())
     writer.active = True
     send.blocked = True
     write(writer, 1)

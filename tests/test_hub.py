@@ -11,16 +11,21 @@ from asgiref.sync import sync_to_async
 from django.test import override_settings
 
 from django_sse import publish
-from django_sse.hub import Subscriber, get_hub
+from django_sse.hub import Delivery, Subscriber, get_hub
 from django_sse.models import Job
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
+def items(subscriber: Subscriber) -> list[Delivery]:
+    """What the subscriber got (its inbox is made on the first delivery)."""
+    return list(subscriber.items or ())
+
+
 async def next_items(subscriber: Subscriber, count: int, timeout: float = 3) -> list[int]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while len(subscriber.items) < count:
+    while len(items(subscriber)) < count:
         subscriber.wakeup.clear()
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -29,7 +34,7 @@ async def next_items(subscriber: Subscriber, count: int, timeout: float = 3) -> 
             await asyncio.wait_for(subscriber.wakeup.wait(), remaining)
         except asyncio.TimeoutError:
             break
-    return [item.event.seq for item in subscriber.items]
+    return [item.event.seq for item in items(subscriber)]
 
 
 def message(job: Job, seq: int, event: str = "step") -> dict[str, Any]:
@@ -59,7 +64,7 @@ async def test_each_event_is_encoded_once_for_all_subscribers(hub_cleanup: None)
     hub = get_hub()
     subscribers = [await hub.subscribe(job.pk) for _ in range(3)]
     hub.on_message(message(job, 1))
-    chunks = [s.items[0].chunk for s in subscribers]
+    chunks = [items(s)[0].chunk for s in subscribers]
     assert chunks[0] == b"id: 1\nevent: step\ndata: 1\n\n"
     assert chunks[0] is chunks[1] is chunks[2]
 
@@ -77,7 +82,7 @@ async def test_duplicates_and_stale_messages_are_dropped(hub_cleanup: None) -> N
     assert await next_items(subscriber, 1) == [3]
     hub.on_message(message(job, 3))
     await asyncio.sleep(0.1)
-    assert [item.event.seq for item in subscriber.items] == [3]
+    assert [item.event.seq for item in items(subscriber)] == [3]
 
 
 @override_settings(DJANGO_SSE={"POLL_SECONDS": 60})
