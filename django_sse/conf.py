@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "RETENTION_DAYS": 30,
     # Events read from the database per query when a stream replays history (a stream holds
     # two pages at most: the one it sends and the next, read meanwhile).
-    "REPLAY_PAGE_SIZE": 2000,
+    "REPLAY_PAGE_SIZE": 1000,
     # Optional callable (or dotted path to one) "(request, job) -> bool" that grants access to
     # a job's stream beyond its owner, e.g. to staff.
     "AUTHORIZE": None,
