@@ -19,8 +19,9 @@ seen its first chunk reach the server unchanged, so a middleware that rewrites s
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -43,15 +44,34 @@ def _warn_once() -> None:
 _current: ContextVar[Sink | None] = ContextVar("django_sse_sink", default=None)
 
 
+class _Detach(bytes):
+    """The type of ``DETACH``."""
+
+
+# What a stream body yields to leave Django's response loop (never sent; see ``Body``).
+DETACH = _Detach()
+
+
 class Sink:
-    """The server's ``send`` for one HTTP request, and whether our chunks reach it unchanged."""
+    """The server's ``send`` and ``receive`` for one HTTP request, whether our chunks reach the
+    server unchanged, and the stream body the middleware took over from Django, if any."""
 
-    __slots__ = ("expected", "raw", "verified")
+    __slots__ = ("detached", "disconnected", "expected", "raw", "raw_receive", "verified")
 
-    def __init__(self, raw: Send) -> None:
+    def __init__(self, raw: Send, raw_receive: Receive) -> None:
         self.raw = raw
+        self.raw_receive = raw_receive
         self.expected: bytes | None = None
         self.verified = False
+        self.detached: AsyncIterator[bytes] | None = None
+        self.disconnected = False
+
+    async def receive(self) -> Message:
+        message = await self.raw_receive()
+        if message.get("type") == "http.disconnect":
+            # Seen here even if Django's handler is the one that reads it.
+            self.disconnected = True
+        return message
 
     def expect(self, chunk: bytes) -> None:
         """``chunk`` is about to be yielded to Django: check that it is sent as it is."""
@@ -59,6 +79,9 @@ class Sink:
         self.verified = False
 
     async def send(self, message: Message) -> None:
+        if self.detached is not None:
+            # Django ends its response after the body left its loop: the stream goes on.
+            return
         expected = self.expected
         if expected is not None and message.get("type") == "http.response.body":
             self.expected = None
@@ -82,12 +105,78 @@ class DirectWriteMiddleware:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        sink = Sink(send)
+        sink = Sink(send, receive)
         token = _current.set(sink)
         try:
-            await self.app(scope, receive, sink.send)
+            await self.app(scope, sink.receive, sink.send)
+        except BaseException:
+            if sink.detached is not None:
+                await sink.detached.aclose()  # type: ignore[attr-defined]
+            raise
         finally:
             _current.reset(token)
+        if sink.detached is not None:
+            await serve(sink)
+
+
+class Body:
+    """A stream body that can leave Django's response loop.
+
+    Django's handler iterates it as usual until the stream yields ``DETACH`` (once it has
+    caught up and its first chunk was seen unchanged): the body then ends for Django, which
+    finishes the request and frees what it held for it, and the middleware goes on iterating
+    the same stream and sending its chunks itself, until the stream ends or the client leaves.
+    """
+
+    __slots__ = ("inner", "sink")
+
+    def __init__(self, inner: AsyncIterator[bytes], sink: Sink) -> None:
+        self.inner = inner
+        self.sink = sink
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.inner.__anext__()
+        if chunk is DETACH:
+            self.sink.detached = self.inner
+            raise StopAsyncIteration
+        return chunk
+
+
+async def serve(sink: Sink) -> None:
+    """Send the rest of a detached stream body; stop it when the client goes away."""
+    body = sink.detached
+    assert body is not None
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def watch() -> None:
+        while not sink.disconnected:
+            await sink.receive()
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        async for chunk in body:
+            await sink.raw(body_message(chunk))
+        await sink.raw({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not sink.disconnected:
+            raise
+        # The client left: the cancellation was ours, the request is over.
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        if uncancel is not None:
+            uncancel()
+    finally:
+        watcher.cancel()
+        await body.aclose()  # type: ignore[attr-defined]
+
+
+def body_message(chunk: bytes) -> Message:
+    """The ASGI message of one body chunk of a stream."""
+    return {"type": "http.response.body", "body": chunk, "more_body": True}
 
 
 def current_sink() -> Sink | None:

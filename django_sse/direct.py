@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-from django_sse.asgi import Message, Send
+from django_sse.asgi import Message, Send, body_message
 from django_sse.wakeup import Wakeup
 
 
@@ -51,10 +51,6 @@ class _Resume:
                     value = coro.send(sent)
                 except StopIteration:
                     return
-
-
-def body_message(chunk: bytes) -> Message:
-    return {"type": "http.response.body", "body": chunk, "more_body": True}
 
 
 class DirectWriter:

@@ -25,10 +25,11 @@ from typing import Any, NamedTuple
 
 from channels.layers import BaseChannelLayer
 
+from django_sse.asgi import body_message
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.delivery import get_layer
-from django_sse.direct import DirectWriter, body_message
+from django_sse.direct import DirectWriter
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
 from django_sse.queries import StoredEvent, fetch_events, last_seq, last_seqs
 from django_sse.sse import encode_event

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
 
-from django_sse.asgi import current_sink
+from django_sse.asgi import DETACH, Body, Sink, current_sink
 from django_sse.auth import Access, reauthorize_stream
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
@@ -60,7 +60,18 @@ class JobStream:
         self.sent = 0
         self.reason = "client went away"
 
-    async def events(self) -> AsyncIterator[bytes]:
+    def body(self) -> AsyncIterator[bytes]:
+        """The response's body. Behind ``DirectWriteMiddleware`` it leaves Django's response loop
+        once the stream has caught up (see ``asgi.Body``); otherwise it is ``events()``."""
+        sink = current_sink() if self.direct_writes else None
+        if sink is None:
+            return self.events()
+        return Body(self.events(sink), sink)
+
+    async def events(self, sink: Sink | None = None) -> AsyncIterator[bytes]:
+        """The stream's chunks. With a ``sink`` (the body is a ``Body``): caught up, the
+        stream's live events are written by the hub, and the rest of the body is sent by the
+        middleware."""
         job_id = self.job_id
         opened = time.monotonic()
         # The middleware has run: the request's thread is of no more use to us, nor is the
@@ -75,7 +86,6 @@ class JobStream:
             self.user,
             self.last_seq,
         )
-        sink = current_sink() if self.direct_writes else None
         try:
             # First, so that even a stream cut short by a failure tells the browser when to
             # come back.
@@ -90,6 +100,8 @@ class JobStream:
                 return
             if sink is not None and sink.verified:
                 subscriber.writer = DirectWriter(sink.raw, subscriber.wakeup)
+                # Everything Django was given is sent: let the middleware take over.
+                yield DETACH
             async for chunk in self._live(subscriber):
                 yield chunk
         except DatabaseError as exc:

@@ -136,7 +136,7 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         return _allow_origin(request, _stream_headers(HttpResponse()))
     stream_class = FragmentStream if output == "html" else JobStream
     stream = stream_class(request, access, resume)
-    return _allow_origin(request, _stream_headers(StreamingHttpResponse(stream.events())))
+    return _allow_origin(request, _stream_headers(StreamingHttpResponse(stream.body())))
 
 
 async def _retry_later() -> AsyncIterator[bytes]:

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+from django.core.signals import request_finished
 from django.http import HttpRequest, StreamingHttpResponse
 from django.test import override_settings
 
-from django_sse.asgi import DirectWriteMiddleware, Message
-from django_sse.direct import DirectWriter, body_message
+from django_sse.asgi import DirectWriteMiddleware, Message, Sink, body_message
+from django_sse.asgi import serve as serve_detached
+from django_sse.direct import DirectWriter
 from django_sse.hub import get_hub
 from django_sse.models import Job
 from django_sse.stream import JobStream
@@ -214,6 +216,99 @@ async def test_a_failed_direct_write_ends_the_stream(
     assert "reason=write failed (OSError)" in caplog.text
     await asyncio.sleep(0.05)
     assert job.pk not in get_hub().feeds
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE=NO_POLL)
+async def test_caught_up_stream_leaves_djangos_handler_which_finishes_the_request(
+    hub_cleanup: None, job: Job, owner_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_sse")
+    finished: list[object] = []
+
+    def on_finished(sender: object, **kwargs: Any) -> None:
+        finished.append(sender)
+
+    request_finished.connect(on_finished)
+    try:
+        client = await open_stream(job.pk, owner_key)
+        await client.read_chunk()
+        await writing(job.pk)
+        for _ in range(100):
+            if finished:
+                break
+            await asyncio.sleep(0.01)
+        # Django is done with the request (and frees what it held for it) ...
+        assert len(finished) == 1
+        # ... while the stream goes on: live events, then the end when the client leaves.
+        await apublish_in_thread(job, "step", {"n": 1})
+        assert [e.last_event_id for e in await client.read_events(1)] == ["1"]
+        assert "Stream closed" not in caplog.text
+        await client.disconnect()
+    finally:
+        request_finished.disconnect(on_finished)
+    assert "reason=client went away" in caplog.text
+    assert job.pk not in get_hub().feeds
+
+
+@pytest.mark.asyncio
+async def test_a_client_gone_before_the_takeover_ends_the_body_at_once() -> None:
+    closed: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b": x\n\n"
+                await asyncio.sleep(3600)
+        finally:
+            closed.append("closed")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        await asyncio.sleep(3600)
+        return {}
+
+    sink = Sink(send, receive)
+    sink.disconnected = True  # Django's handler read the http.disconnect
+    sink.detached = body()
+    await asyncio.wait_for(serve_detached(sink), 2)
+    assert closed == ["closed"]
+    assert all(m.get("more_body", False) for m in sent)  # no end: there is nobody to tell
+
+
+@pytest.mark.asyncio
+async def test_the_takeover_ends_when_the_client_leaves() -> None:
+    closed: list[str] = []
+    left = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield b": x\n\n"
+            await asyncio.sleep(3600)
+        finally:
+            closed.append("closed")
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def receive() -> Message:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    sink = Sink(send, receive)
+    sink.detached = body()
+    serving = asyncio.ensure_future(serve_detached(sink))
+    await asyncio.sleep(0.05)
+    assert not serving.done()
+    left.set()
+    await asyncio.wait_for(serving, 2)
+    assert closed == ["closed"]
+    assert not serving.cancelled()
 
 
 # -- the writer ------------------------------------------------------------------------------
