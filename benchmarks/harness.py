@@ -53,9 +53,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "peer-naive-pubsub": {"app": "naive", "server": "daphne", "db": "sqlite", "layer": "pubsub"},
     "peer-eventstream": {"app": "eventstream", "server": "daphne", "db": "sqlite", "layer": "mem"},
     "peer-raw": {"app": "raw", "server": "raw", "db": None, "layer": None},
+    # Ours without DirectWriteMiddleware (Django's response loop for every stream): the
+    # reference for what the middleware changes, in S1 and S3 only.
+    "ref-plain": {
+        "app": "ours",
+        "server": "daphne",
+        "db": "pg",
+        "layer": "pubsub",
+        "direct": False,
+    },
 }
-PEERS = [c for c in CONFIGS if c.startswith("peer-")]
-OURS = [c for c in CONFIGS if not c.startswith("peer-")]
+PEERS = [c for c in CONFIGS if c.startswith(("peer-", "ref-"))]
+OURS = [c for c in CONFIGS if c not in PEERS]
 
 FULL = {
     "S1": {"subs": 1000, "n": 100, "rate": 20.0},
@@ -82,6 +91,8 @@ ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "SWEEP"]
 
 def applies(scenario: str, config: str) -> bool:
     c = CONFIGS[config]
+    if not c.get("direct", True):
+        return scenario in ("S1", "S3")
     if scenario in ("S5", "S6"):
         return c["app"] == "ours"
     if scenario == "S7":
@@ -184,6 +195,7 @@ class Env:
             PYTHONUNBUFFERED="1",
             BENCH_LAYER=self.c["layer"] or "mem",
             BENCH_PREFIX=f"django_sse_bench_{self.run_id}",
+            BENCH_DIRECT="1" if self.c.get("direct", True) else "0",
         )
         self.session = ""
         self.jobs: list[str] = []

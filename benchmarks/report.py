@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-PEERS = ["peer-starlette", "peer-naive-pubsub", "peer-eventstream", "peer-raw"]
+# Peers, and ours without DirectWriteMiddleware as a reference: ratios are taken to these.
+PEERS = ["peer-starlette", "peer-naive-pubsub", "peer-eventstream", "peer-raw", "ref-plain"]
 SHORT = {
     "peer-starlette": "starlette",
     "peer-naive-pubsub": "naive",
     "peer-eventstream": "eventstream",
     "peer-raw": "raw",
+    "ref-plain": "plain",
 }
 
 
