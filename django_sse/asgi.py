@@ -182,3 +182,15 @@ def body_message(chunk: bytes) -> Message:
 def current_sink() -> Sink | None:
     """The sink of the request being handled, if the application is wrapped."""
     return _current.get()
+
+
+def stream_body(events: Callable[[Sink | None], AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
+    """The body of a stream response: ``events(sink)``, in a ``Body`` behind the middleware.
+
+    ``events`` calls ``sink.expect()`` on its first chunk and yields ``DETACH`` once it has
+    caught up, if ``sink.verified``.
+    """
+    sink = current_sink()
+    if sink is None:
+        return events(None)
+    return Body(events(sink), sink)

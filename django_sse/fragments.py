@@ -66,7 +66,8 @@ class FragmentStream(JobStream):
 
     __slots__ = ()
 
-    # Each live chunk is rendered for this stream's language, not the hub's encoding.
+    # Each live chunk is rendered for this stream's language (activated by Django for the
+    # request): not the hub's encoding, and only in the request's own context.
     direct_writes = False
 
     def _encode(self, events: list[StoredEvent]) -> bytes:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import DatabaseError
 from django.db.models import Q
 
+from django_sse.asgi import DETACH, Sink, stream_body
 from django_sse.auth import same_identity
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
@@ -217,15 +218,27 @@ class SessionStream:
             if len(events) < page:
                 return
 
-    async def events(self) -> AsyncIterator[bytes]:
+    def body(self) -> AsyncIterator[bytes]:
+        """The response's body; behind ``DirectWriteMiddleware`` it leaves Django's response
+        loop once the stream has caught up (``asgi.Body``)."""
+        return stream_body(self.events)
+
+    async def events(self, sink: Sink | None = None) -> AsyncIterator[bytes]:
         opened = time.monotonic()
         await release_request_thread()
+        self.request.resolver_match = None  # of no more use, and kept as long as the stream
         user = describe_user(self.user)
         logger.info("Session stream opened: user=%s", user)
         try:
-            yield encode_retry(conf.RETRY_MILLISECONDS)
+            retry = encode_retry(conf.RETRY_MILLISECONDS)
+            if sink is not None:
+                sink.expect(retry)
+            yield retry
             async for chunk in self._replay(await self._discover(first=True)):
                 yield chunk
+            if sink is not None and sink.verified:
+                # Everything Django was given is sent: let the middleware take over.
+                yield DETACH
             async for chunk in self._live():
                 yield chunk
         except DatabaseError as exc:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
 
-from django_sse.asgi import DETACH, Body, Sink, current_sink
+from django_sse.asgi import DETACH, Sink, stream_body
 from django_sse.auth import Access, reauthorize_stream
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
@@ -46,9 +46,10 @@ class JobStream:
     # the identity it was opened with, not the ``Access`` (the job's model instance).
     __slots__ = ("job_id", "last_seq", "reason", "request", "sent", "session_key", "user")
 
-    # Live events may be written by the hub straight to the server (``direct.py``) when the
-    # request came through ``DirectWriteMiddleware``: only for streams whose live chunk is the
-    # hub's own encoding.
+    # Behind ``DirectWriteMiddleware``, live events may be written by the hub straight to the
+    # server (``direct.py``) and the middleware takes the caught-up stream over from Django
+    # (``asgi.Body``): only for streams whose live chunk is the hub's own encoding and which
+    # depend on nothing Django activated for the request (the language, say).
     direct_writes = True
 
     def __init__(self, request: HttpRequest, access: Access, resume_from: int) -> None:
@@ -63,10 +64,9 @@ class JobStream:
     def body(self) -> AsyncIterator[bytes]:
         """The response's body. Behind ``DirectWriteMiddleware`` it leaves Django's response loop
         once the stream has caught up (see ``asgi.Body``); otherwise it is ``events()``."""
-        sink = current_sink() if self.direct_writes else None
-        if sink is None:
+        if not self.direct_writes:
             return self.events()
-        return Body(self.events(sink), sink)
+        return stream_body(self.events)
 
     async def events(self, sink: Sink | None = None) -> AsyncIterator[bytes]:
         """The stream's chunks. With a ``sink`` (the body is a ``Body``): caught up, the

@@ -199,4 +199,4 @@ async def session_events(request: HttpRequest) -> HttpResponseBase:
     if request.method == "HEAD":
         return _allow_origin(request, _stream_headers(HttpResponse()))
     stream = SessionStream(request, user, session_key, only, resume)
-    return _allow_origin(request, _stream_headers(StreamingHttpResponse(stream.events())))
+    return _allow_origin(request, _stream_headers(StreamingHttpResponse(stream.body())))

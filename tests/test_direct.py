@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -218,37 +218,73 @@ async def test_a_failed_direct_write_ends_the_stream(
     assert job.pk not in get_hub().feeds
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.asyncio
-@override_settings(DJANGO_SSE=NO_POLL)
-async def test_caught_up_stream_leaves_djangos_handler_which_finishes_the_request(
-    hub_cleanup: None, job: Job, owner_key: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="django_sse")
+@pytest.fixture
+def finished_requests() -> Iterator[list[object]]:
+    """Django's ``request_finished`` signals, as they are sent."""
     finished: list[object] = []
 
     def on_finished(sender: object, **kwargs: Any) -> None:
         finished.append(sender)
 
     request_finished.connect(on_finished)
-    try:
-        client = await open_stream(job.pk, owner_key)
-        await client.read_chunk()
-        await writing(job.pk)
-        for _ in range(100):
-            if finished:
-                break
-            await asyncio.sleep(0.01)
-        # Django is done with the request (and frees what it held for it) ...
-        assert len(finished) == 1
-        # ... while the stream goes on: live events, then the end when the client leaves.
-        await apublish_in_thread(job, "step", {"n": 1})
-        assert [e.last_event_id for e in await client.read_events(1)] == ["1"]
-        assert "Stream closed" not in caplog.text
-        await client.disconnect()
-    finally:
-        request_finished.disconnect(on_finished)
+    yield finished
+    request_finished.disconnect(on_finished)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 2) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE=NO_POLL)
+async def test_caught_up_stream_leaves_djangos_handler_which_finishes_the_request(
+    hub_cleanup: None,
+    job: Job,
+    owner_key: str,
+    caplog: pytest.LogCaptureFixture,
+    finished_requests: list[object],
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_sse")
+    client = await open_stream(job.pk, owner_key)
+    await client.read_chunk()
+    await writing(job.pk)
+    # Django is done with the request (and frees what it held for it) ...
+    await until(lambda: len(finished_requests) == 1)
+    # ... while the stream goes on: live events, then the end when the client leaves.
+    await apublish_in_thread(job, "step", {"n": 1})
+    assert [e.last_event_id for e in await client.read_events(1)] == ["1"]
+    assert "Stream closed" not in caplog.text
+    await client.disconnect()
     assert "reason=client went away" in caplog.text
+    assert job.pk not in get_hub().feeds
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE=NO_POLL)
+async def test_the_all_jobs_stream_leaves_djangos_handler_too(
+    hub_cleanup: None,
+    job: Job,
+    owner_key: str,
+    caplog: pytest.LogCaptureFixture,
+    finished_requests: list[object],
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_sse")
+    client = StreamClient("/sse/events/", session_key=owner_key)
+    await client.start()
+    await client.read_chunk()
+    await until(lambda: len(finished_requests) == 1)
+    await until(lambda: job.pk in get_hub().feeds)
+    await apublish_in_thread(job, "step", {"n": 1})
+    (event,) = await client.read_events(1)
+    assert json.loads(event.data)["seq"] == 1
+    await client.disconnect()
+    assert "Session stream closed" in caplog.text
     assert job.pk not in get_hub().feeds
 
 
