@@ -153,8 +153,12 @@ async def serve(sink: Sink) -> None:
     assert task is not None
 
     async def watch() -> None:
-        while not sink.disconnected:
-            await sink.receive()
+        try:
+            while not sink.disconnected:
+                await sink.receive()
+        except Exception as exc:  # the server's receive failed: the connection is unusable
+            logger.warning("Receiving from the server failed (%r); ending the stream.", exc)
+            sink.disconnected = True
         task.cancel()
 
     watcher = asyncio.ensure_future(watch())
