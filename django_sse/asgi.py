@@ -11,10 +11,16 @@ every caught-up stream of its job in one pass, with the server's own ``send``::
 
     application = DirectWriteMiddleware(get_asgi_application())
 
-Everything else (the response headers, the replay, heartbeats, gaps read from the database,
-the end of the stream) still goes through Django. A stream writes directly only once it has
-seen its first chunk reach the server unchanged, so a middleware that rewrites streaming bodies
-(compression, say) simply leaves it on Django's path.
+The response headers, the ``retry:`` line and the replay go through Django. Once caught up, a
+stream's body ends for Django (``Body``), which finishes the request and frees what it held for
+it while the connection stays open; this middleware then sends the rest of the stream
+(heartbeats, gaps read from the database, the end) and stops it when the client leaves.
+
+A stream does this only once it has seen its first chunk reach the middleware's ``send``
+unchanged, so a Django middleware that rewrites streaming bodies (compression, say) simply
+leaves it on Django's path. Live events are written from the hub's task, not the stream's: an
+ASGI middleware *around* this one must not tie its ``send`` to the context of the request's
+task.
 """
 
 from __future__ import annotations
@@ -80,7 +86,11 @@ class Sink:
 
     async def send(self, message: Message) -> None:
         if self.detached is not None:
-            # Django ends its response after the body left its loop: the stream goes on.
+            # Django ends its response after the body left its loop: the stream goes on. A
+            # chunk a middleware still held goes out now, before the middleware or the hub
+            # writes anything more (Django is done before either starts).
+            if message.get("type") == "http.response.body" and message.get("body"):
+                await self.raw({**message, "more_body": True})
             return
         expected = self.expected
         if expected is not None and message.get("type") == "http.response.body":
@@ -166,6 +176,9 @@ async def serve(sink: Sink) -> None:
         async for chunk in body:
             await sink.raw(body_message(chunk))
         await sink.raw({"type": "http.response.body", "body": b"", "more_body": False})
+    except Exception as exc:
+        # The server (or a middleware around ours) failed to send: nobody to tell.
+        logger.warning("Sending a stream failed (%r); ending it.", exc)
     except asyncio.CancelledError:
         if not sink.disconnected:
             raise

@@ -17,10 +17,10 @@ it. Nothing is dropped: the events of one stream stay in order, whatever the cli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
-from django_sse.asgi import Message, Send, body_message
+from django_sse.asgi import Send, body_message
 from django_sse.wakeup import Wakeup
 
 
@@ -79,9 +79,9 @@ class DirectWriter:
         self.inflight: asyncio.Task[None] | None = None
         self.pending: list[bytes] = []  # chunks waiting for the write in flight
 
-    def write(self, seq: int, chunk: bytes, message: Message, terminal: bool) -> bool:
-        """Write event ``seq`` if it is the next one. ``message`` is ``chunk``'s body message,
-        shared by every stream. False: not handled (a gap); the stream's task must take over."""
+    def write(self, seq: int, chunk: bytes, terminal: bool) -> bool:
+        """Write event ``seq`` (its bytes: ``chunk``) if it is the next one. False: not handled
+        (a gap); the stream's task must take over."""
         if seq <= self.last_seq:
             return True  # already sent (read from the database during the replay)
         if seq != self.last_seq + 1:
@@ -92,29 +92,34 @@ class DirectWriter:
         if self.inflight is not None:
             self.pending.append(chunk)
         else:
-            self._start(message)
+            self._start(chunk)
         if terminal:
             self.finished = True
             self.active = False
             self.wakeup.set()
         return True
 
-    def _start(self, message: Message) -> None:
-        coro = self.send(message)
+    def _start(self, chunk: bytes) -> None:
+        # A message of its own: an ASGI middleware around ours may change the one it is given.
         try:
-            # Run the server's send up to its first suspension: usually it never suspends
-            # (the bytes went to the socket buffer) and this is the whole write.
-            waiting = coro.send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            return
+            awaitable = self.send(body_message(chunk))
+            if not asyncio.iscoroutine(awaitable):
+                # Not a coroutine (a server's native awaitable, a future): awaited in a task.
+                self.inflight = asyncio.ensure_future(self._finish(awaitable))
+                return
+            try:
+                # Run the server's send up to its first suspension: usually it never suspends
+                # (the bytes went to the socket buffer) and this is the whole write.
+                waiting = awaitable.send(None)
+            except StopIteration:
+                return
+            self.inflight = asyncio.ensure_future(self._finish(_Resume(awaitable, waiting)))
         except Exception as exc:
-            self._fail(exc)
-            return
-        self.inflight = asyncio.ensure_future(self._finish(coro, waiting))  # type: ignore[arg-type]
+            self.fail(exc)
 
-    async def _finish(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    async def _finish(self, first: Awaitable[None]) -> None:
         try:
-            await _Resume(coro, waiting)
+            await first
             while self.pending:
                 body = b"".join(self.pending)
                 self.pending.clear()
@@ -122,11 +127,12 @@ class DirectWriter:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._fail(exc)
+            self.fail(exc)
         finally:
             self.inflight = None
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """End direct writing on ``exc``: the stream's task wakes up and ends the stream."""
         self.error = exc
         self.active = False
         self.pending.clear()

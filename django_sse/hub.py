@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 
 from channels.layers import BaseChannelLayer
 
-from django_sse.asgi import body_message
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.delivery import get_layer
@@ -204,15 +203,19 @@ class Hub:
     def _dispatch(self, feed: _Feed, event: StoredEvent) -> None:
         item = _encode(event)
         seq, chunk, terminal = event.seq, item.chunk, item.terminal
-        message = None  # one body message for every direct write of this event
         # A copy: a write runs the server's code, which must not be able to change the set
         # under the loop.
         for subscriber in tuple(feed.subscribers):
             writer = subscriber.writer
             if writer is not None and writer.active:
-                if message is None:
-                    message = body_message(chunk)
-                if writer.write(seq, chunk, message, terminal):
+                try:
+                    if writer.write(seq, chunk, terminal):
+                        continue
+                except Exception as exc:
+                    # A bug, not a client gone (the writer catches the server's errors): this
+                    # stream ends (its browser resumes from what it got); the others go on.
+                    logger.exception("Writing event %d to a stream failed.", seq)
+                    writer.fail(exc)
                     continue
             subscriber.deliver(item)
         feed.seq = seq

@@ -75,9 +75,11 @@ class JobStream:
         job_id = self.job_id
         opened = time.monotonic()
         # The middleware has run: the request's thread is of no more use to us, nor is the
-        # URL resolution (kept by the request for as long as the stream lasts otherwise).
+        # URL resolution (kept by the request for as long as the stream lasts otherwise),
+        # unless an AUTHORIZE callable may read it at each re-authorization.
         await release_request_thread()
-        self.request.resolver_match = None
+        if conf.AUTHORIZE is None:
+            self.request.resolver_match = None
         hub = get_hub()
         subscriber: Subscriber | None = None
         logger.info(

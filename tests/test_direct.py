@@ -15,7 +15,7 @@ from django.core.signals import request_finished
 from django.http import HttpRequest, StreamingHttpResponse
 from django.test import override_settings
 
-from django_sse.asgi import DirectWriteMiddleware, Message, Sink, body_message
+from django_sse.asgi import DirectWriteMiddleware, Message, Sink
 from django_sse.asgi import serve as serve_detached
 from django_sse.direct import DirectWriter
 from django_sse.hub import get_hub
@@ -130,10 +130,9 @@ async def test_gap_hands_over_to_the_stream_which_reads_the_database(
     await client.read_chunk()
     (writer,) = await writing(job.pk)
     # The writer only writes the event after its last one: anything else is the stream's job.
-    assert writer.write(5, b"id: 5\n\n", body_message(b"id: 5\n\n"), False) is False
+    assert writer.write(5, b"id: 5\n\n", False) is False
     assert writer.active is False
     await apublish_in_thread(job, "step", {"n": 1})
-    assert client.seqs == [] or client.seqs == [1]
     await client.read_events(1)
     assert client.seqs == [1]
     await client.disconnect()
@@ -338,13 +337,68 @@ async def test_the_takeover_ends_when_the_client_leaves() -> None:
 
     sink = Sink(send, receive)
     sink.detached = body()
-    serving = asyncio.ensure_future(serve_detached(sink))
+
+    async def serve_then_report() -> int:
+        await serve_detached(sink)
+        # The cancellation that stopped the body was the middleware's own: taken back.
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling() if hasattr(task, "cancelling") else 0
+
+    serving = asyncio.ensure_future(serve_then_report())
     await asyncio.sleep(0.05)
     assert not serving.done()
     left.set()
-    await asyncio.wait_for(serving, 2)
+    assert await asyncio.wait_for(serving, 2) == 0
     assert closed == ["closed"]
-    assert not serving.cancelled()
+
+
+def lagging_middleware(get_response: Any) -> Any:
+    """A middleware that passes chunks through unchanged, one chunk late (a look-ahead)."""
+
+    async def middleware(request: HttpRequest) -> Any:
+        response = await get_response(request)
+        if isinstance(response, StreamingHttpResponse):
+            content = response.streaming_content
+
+            async def lagging() -> AsyncIterator[bytes]:
+                held = None
+                async for part in content:  # type: ignore[union-attr]
+                    if held is not None:
+                        yield held
+                    held = part
+                if held is not None:
+                    yield held
+
+            response.streaming_content = lagging()
+        return response
+
+    return markcoroutinefunction(middleware)
+
+
+lagging_middleware.async_capable = True  # type: ignore[attr-defined]
+lagging_middleware.sync_capable = False  # type: ignore[attr-defined]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_chunks_a_middleware_still_holds_at_the_takeover_are_sent(
+    hub_cleanup: None, job: Job, owner_key: str, settings: Any
+) -> None:
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_direct.lagging_middleware"]
+    settings.DJANGO_SSE = NO_POLL
+    for n in range(2):
+        await apublish_in_thread(job, "step", {"n": n})
+    client = StreamClient(
+        url(job.pk), session_key=owner_key, app=DirectWriteMiddleware(ASGIHandler())
+    )
+    await client.start()
+    await client.read_chunk()
+    await writing(job.pk)
+    await apublish_in_thread(job, "step", {"n": 2})
+    await client.read_events(3)
+    assert client.seqs == [1, 2, 3]
+    await client.disconnect()
 
 
 # -- the writer ------------------------------------------------------------------------------
@@ -376,7 +430,7 @@ def chunk(seq: int) -> bytes:
 
 
 def write(writer: DirectWriter, seq: int, terminal: bool = False) -> bool:
-    return writer.write(seq, chunk(seq), body_message(chunk(seq)), terminal)
+    return writer.write(seq, chunk(seq), terminal)
 
 
 @pytest.mark.asyncio
@@ -460,6 +514,47 @@ async def test_a_write_failing_after_blocking_wakes_the_stream() -> None:
     assert send.bodies == [chunk(1)]
     assert isinstance(writer.error, OSError) and wakeup.is_set()
     assert writer.pending == []
+
+
+@pytest.mark.asyncio
+async def test_a_send_returning_another_awaitable_is_awaited_in_order() -> None:
+    """ASGI promises an awaitable, not a coroutine (some servers return their own)."""
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[None]] = []
+    bodies: list[bytes] = []
+
+    def send(message: Message) -> asyncio.Future[None]:
+        bodies.append(message["body"])
+        futures.append(loop.create_future())
+        return futures[-1]
+
+    wakeup = Wakeup()
+    writer = DirectWriter(send, wakeup)
+    writer.active = True
+    write(writer, 1)
+    write(writer, 2)
+    write(writer, 3)
+    assert bodies == [chunk(1)]  # the others wait for the first write
+    futures[0].set_result(None)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert bodies == [chunk(1), chunk(2) + chunk(3)]
+    futures[1].set_result(None)
+    await writer.settle()
+    assert writer.error is None and not wakeup.is_set()
+
+
+@pytest.mark.asyncio
+async def test_a_send_raising_when_called_ends_only_that_stream() -> None:
+    def send(message: Message) -> Any:
+        raise RuntimeError("protocol error")
+
+    wakeup = Wakeup()
+    writer = DirectWriter(send, wakeup)
+    writer.active = True
+    assert write(writer, 1) is True
+    assert isinstance(writer.error, RuntimeError)
+    assert not writer.active and wakeup.is_set()
 
 
 @pytest.mark.asyncio
