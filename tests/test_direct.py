@@ -138,26 +138,46 @@ async def test_gap_hands_over_to_the_stream_which_reads_the_database(
     await client.disconnect()
 
 
-def rewriting_middleware(get_response: Any) -> Any:
-    """A middleware that rewrites streaming bodies (as a compressing one would)."""
-
-    async def middleware(request: HttpRequest) -> Any:
-        response = await get_response(request)
-        if isinstance(response, StreamingHttpResponse):
-            content = response.streaming_content
-
-            async def rewritten() -> AsyncIterator[bytes]:
-                async for part in content:  # type: ignore[union-attr]
-                    yield b": rewritten\n" + part
-
-            response.streaming_content = rewritten()
-        return response
-
-    return markcoroutinefunction(middleware)
+Transform = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
 
 
-rewriting_middleware.async_capable = True  # type: ignore[attr-defined]
-rewriting_middleware.sync_capable = False  # type: ignore[attr-defined]
+def body_middleware(transform: Transform) -> Any:
+    """A Django middleware factory whose middleware passes streaming bodies through
+    ``transform``."""
+
+    def factory(get_response: Any) -> Any:
+        async def middleware(request: HttpRequest) -> Any:
+            response = await get_response(request)
+            if isinstance(response, StreamingHttpResponse):
+                response.streaming_content = transform(response.streaming_content)  # type: ignore[arg-type]
+            return response
+
+        return markcoroutinefunction(middleware)
+
+    factory.async_capable = True  # type: ignore[attr-defined]
+    factory.sync_capable = False  # type: ignore[attr-defined]
+    return factory
+
+
+async def rewritten(content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Each chunk changed (as a compressing middleware would)."""
+    async for part in content:
+        yield b": rewritten\n" + part
+
+
+async def one_chunk_late(content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Each chunk unchanged, but one chunk late (a look-ahead)."""
+    held = None
+    async for part in content:
+        if held is not None:
+            yield held
+        held = part
+    if held is not None:
+        yield held
+
+
+rewriting_middleware = body_middleware(rewritten)
+lagging_middleware = body_middleware(one_chunk_late)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -351,33 +371,6 @@ async def test_the_takeover_ends_when_the_client_leaves() -> None:
     left.set()
     assert await asyncio.wait_for(serving, 2) == 0
     assert closed == ["closed"]
-
-
-def lagging_middleware(get_response: Any) -> Any:
-    """A middleware that passes chunks through unchanged, one chunk late (a look-ahead)."""
-
-    async def middleware(request: HttpRequest) -> Any:
-        response = await get_response(request)
-        if isinstance(response, StreamingHttpResponse):
-            content = response.streaming_content
-
-            async def lagging() -> AsyncIterator[bytes]:
-                held = None
-                async for part in content:  # type: ignore[union-attr]
-                    if held is not None:
-                        yield held
-                    held = part
-                if held is not None:
-                    yield held
-
-            response.streaming_content = lagging()
-        return response
-
-    return markcoroutinefunction(middleware)
-
-
-lagging_middleware.async_capable = True  # type: ignore[attr-defined]
-lagging_middleware.sync_capable = False  # type: ignore[attr-defined]
 
 
 @pytest.mark.django_db(transaction=True)
