@@ -29,7 +29,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 logger = logging.getLogger("django_sse")
 
@@ -38,14 +38,6 @@ Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_warned = False
-
-
-def _warn_once() -> None:
-    global _warned
-    _warned = True
-
 
 _current: ContextVar[Sink | None] = ContextVar("django_sse_sink", default=None)
 
@@ -63,6 +55,9 @@ class Sink:
     server unchanged, and the stream body the middleware took over from Django, if any."""
 
     __slots__ = ("detached", "disconnected", "expected", "raw", "raw_receive", "verified")
+
+    # A body-rewriting middleware is logged once per process, not once per stream.
+    rewrite_logged: ClassVar[bool] = False
 
     def __init__(self, raw: Send, raw_receive: Receive) -> None:
         self.raw = raw
@@ -96,8 +91,8 @@ class Sink:
         if expected is not None and message.get("type") == "http.response.body":
             self.expected = None
             self.verified = message.get("body") == expected
-            if not self.verified and not _warned:
-                _warn_once()
+            if not self.verified and not Sink.rewrite_logged:
+                Sink.rewrite_logged = True
                 logger.warning(
                     "A middleware rewrites the body of event streams: live events go through "
                     "Django's response loop instead of DirectWriteMiddleware's direct writes."
