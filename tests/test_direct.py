@@ -22,6 +22,7 @@ from django_sse.hub import get_hub
 from django_sse.models import Job
 from django_sse.stream import JobStream
 from django_sse.wakeup import Wakeup
+from tests.test_hub import message
 from tests.test_views import apublish_in_thread, open_stream, url
 from tests.utils import StreamClient, plain_application
 
@@ -189,10 +190,12 @@ async def test_a_middleware_rewriting_the_body_keeps_streams_on_djangos_path(
     live_chunks: list[int],
     settings: Any,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_direct.rewriting_middleware"]
     settings.DJANGO_SSE = NO_POLL
     caplog.set_level(logging.WARNING, logger="django_sse")
+    monkeypatch.setattr(Sink, "rewrite_logged", False)  # logged once per process
     # A handler of its own: middleware is loaded when the handler is made.
     app = DirectWriteMiddleware(ASGIHandler())
     client = StreamClient(url(job.pk), session_key=owner_key, app=app)
@@ -392,6 +395,55 @@ async def test_chunks_a_middleware_still_holds_at_the_takeover_are_sent(
     await client.read_events(3)
     assert client.seqs == [1, 2, 3]
     await client.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_a_send_failing_during_the_takeover_ends_the_stream_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield b": x\n\n"
+            yield b": never sent\n\n"
+        finally:
+            closed.append("closed")
+
+    async def send(message: Message) -> None:
+        raise OSError("connection reset")
+
+    async def receive() -> Message:
+        await asyncio.sleep(3600)
+        return {}
+
+    sink = Sink(send, receive)
+    sink.detached = body()
+    await asyncio.wait_for(serve_detached(sink), 2)
+    assert closed == ["closed"]
+    assert "Sending a stream failed (OSError('connection reset')); ending it." in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_writer_raising_in_the_dispatch_ends_only_its_stream(
+    hub_cleanup: None, job: Job, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenWriter(DirectWriter):
+        __slots__ = ()
+
+        def write(self, seq: int, chunk: bytes, terminal: bool) -> bool:
+            raise RuntimeError("a bug")
+
+    hub = get_hub()
+    good, bad = await hub.subscribe(job.pk), await hub.subscribe(job.pk)
+    bad.writer = BrokenWriter(SlowSend(), bad.wakeup)
+    bad.writer.active = True
+    hub.on_message(message(job, 1))
+    assert [d.event.seq for d in good.items or ()] == [1]
+    assert isinstance(bad.writer.error, RuntimeError) and bad.wakeup.is_set()
+    assert hub.feeds[job.pk].seq == 1
+    assert "Writing event 1 to a stream failed." in caplog.text
 
 
 # -- the writer ------------------------------------------------------------------------------
