@@ -55,7 +55,7 @@ class JobAdmin(_JobAdminBase):
     # State changes go through the lifecycle helpers, which record the event streams need.
     readonly_fields = (
         "id",
-        "session_key",
+        "session_hash",
         "status",
         "current",
         "total",

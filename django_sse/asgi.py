@@ -1,9 +1,7 @@
-"""ASGI middleware that lets job streams write live events straight to the server.
+"""ASGI middleware that puts every stream behind its bounds and lets caught-up streams write
+live events straight to the server.
 
-Without it every live event of every stream goes through Django's response loop: the stream's
-task wakes up, yields the chunk, and Django's ``send_response()`` sends it. That costs more than
-the write itself when one event goes to a thousand streams. With it, the hub writes an event to
-every caught-up stream of its job in one pass, with the server's own ``send``::
+Wrap the project's application with it::
 
     # asgi.py
     from django.core.asgi import get_asgi_application
@@ -11,10 +9,20 @@ every caught-up stream of its job in one pass, with the server's own ``send``::
 
     application = DirectWriteMiddleware(get_asgi_application())
 
-The response headers, the ``retry:`` line and the replay go through Django. Once caught up, a
-stream's body ends for Django (``Body``), which finishes the request and frees what it held for
-it while the connection stays open; this middleware then sends the rest of the stream
-(heartbeats, gaps read from the database, the end) and stops it when the client leaves.
+Each HTTP request gets a ``Sink`` (``sink.py``) around the server's ``send`` and ``receive``,
+found by the view in the request's scope. Through it a stream learns when its client does not
+keep up, bounds how long a send may wait, drops a connection it gives up on, and has the kernel
+drop a client that vanished (see ``sink.py`` and ``servers.py``). Without the middleware the
+stream can see none of that and bounds the bytes it sends per connection instead.
+
+Live events: without the middleware every live event of every stream goes through Django's
+response loop: the stream's task wakes up, yields the chunk, and Django's ``send_response()``
+sends it. With it, the hub writes an event to every caught-up stream of its job in one pass,
+with the server's own ``send``. The response headers, the ``retry:`` line and the replay go
+through Django. Once caught up, a stream's body ends for Django (``Body``), which finishes the
+request and frees what it held for it while the connection stays open; this middleware then
+sends the rest of the stream (heartbeats, gaps read from the database, the end) and stops it
+when the client leaves.
 
 A stream does this only once it has seen its first chunk reach the middleware's ``send``
 unchanged, so a Django middleware that rewrites streaming bodies (compression, say) simply
@@ -27,19 +35,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextvars import ContextVar
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from django.http import HttpRequest
+
+from django_sse.ending import StreamClosed
+from django_sse.sink import Message, Receive, Send, Sink, body_message
 
 logger = logging.getLogger("django_sse")
 
-Message = Mapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_current: ContextVar[Sink | None] = ContextVar("django_sse_sink", default=None)
+# The scope key under which the middleware hands a request's sink to the views.
+SINK_SCOPE_KEY = "django_sse.sink"
+
+__all__ = ["DETACH", "Body", "DirectWriteMiddleware", "Message", "Sink", "request_sink"]
 
 
 class _Detach(bytes):
@@ -50,58 +62,9 @@ class _Detach(bytes):
 DETACH = _Detach()
 
 
-class Sink:
-    """The server's ``send`` and ``receive`` for one HTTP request, whether our chunks reach the
-    server unchanged, and the stream body the middleware took over from Django, if any."""
-
-    __slots__ = ("detached", "disconnected", "expected", "raw", "raw_receive", "verified")
-
-    # A body-rewriting middleware is logged once per process, not once per stream.
-    rewrite_logged: ClassVar[bool] = False
-
-    def __init__(self, raw: Send, raw_receive: Receive) -> None:
-        self.raw = raw
-        self.raw_receive = raw_receive
-        self.expected: bytes | None = None
-        self.verified = False
-        self.detached: AsyncIterator[bytes] | None = None
-        self.disconnected = False
-
-    async def receive(self) -> Message:
-        message = await self.raw_receive()
-        if message.get("type") == "http.disconnect":
-            # Seen here even if Django's handler is the one that reads it.
-            self.disconnected = True
-        return message
-
-    def expect(self, chunk: bytes) -> None:
-        """``chunk`` is about to be yielded to Django: check that it is sent as it is."""
-        self.expected = chunk
-        self.verified = False
-
-    async def send(self, message: Message) -> None:
-        if self.detached is not None:
-            # Django ends its response after the body left its loop: the stream goes on. A
-            # chunk a middleware still held goes out now, before the middleware or the hub
-            # writes anything more (Django is done before either starts).
-            if message.get("type") == "http.response.body" and message.get("body"):
-                await self.raw({**message, "more_body": True})
-            return
-        expected = self.expected
-        if expected is not None and message.get("type") == "http.response.body":
-            self.expected = None
-            self.verified = message.get("body") == expected
-            if not self.verified and not Sink.rewrite_logged:
-                Sink.rewrite_logged = True
-                logger.warning(
-                    "A middleware rewrites the body of event streams: live events go through "
-                    "Django's response loop instead of DirectWriteMiddleware's direct writes."
-                )
-        await self.raw(message)
-
-
 class DirectWriteMiddleware:
-    """Wrap a Django ASGI application so that job streams can write live events directly."""
+    """Wrap a Django ASGI application: streams get their bounds, and caught-up job streams
+    their direct writes."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -111,33 +74,42 @@ class DirectWriteMiddleware:
             await self.app(scope, receive, send)
             return
         sink = Sink(send, receive)
-        token = _current.set(sink)
         try:
-            await self.app(scope, sink.receive, sink.send)
+            await self.app({**scope, SINK_SCOPE_KEY: sink}, sink.receive, sink.send)
         except BaseException:
             if sink.detached is not None:
                 await sink.detached.aclose()  # type: ignore[attr-defined]
             raise
-        finally:
-            _current.reset(token)
         if sink.detached is not None:
             await serve(sink)
 
 
-class Body:
-    """A stream body that can leave Django's response loop.
+def request_sink(request: HttpRequest) -> Sink | None:
+    """The sink of a request served through ``DirectWriteMiddleware``, if it was."""
+    scope = getattr(request, "scope", None)
+    sink = scope.get(SINK_SCOPE_KEY) if isinstance(scope, dict) else None
+    return sink if isinstance(sink, Sink) else None
 
-    Django's handler iterates it as usual until the stream yields ``DETACH`` (once it has
-    caught up and its first chunk was seen unchanged): the body then ends for Django, which
-    finishes the request and frees what it held for it, and the middleware goes on iterating
-    the same stream and sending its chunks itself, until the stream ends or the client leaves.
+
+class Body:
+    """A stream's response body: Django iterates it until the stream yields ``DETACH`` (once
+    it has caught up and its first chunk was seen unchanged). The body then ends for Django,
+    which finishes the request and frees what it held for it, and the middleware goes on
+    iterating the same stream and sending its chunks itself, until the stream ends or the
+    client leaves.
+
+    Django calls ``close()`` when it is done with the response, also when the stream never
+    started (the client left first): ``on_close`` then runs, unless the stream left Django.
     """
 
-    __slots__ = ("inner", "sink")
+    __slots__ = ("inner", "on_close", "sink")
 
-    def __init__(self, inner: AsyncIterator[bytes], sink: Sink) -> None:
+    def __init__(
+        self, inner: AsyncIterator[bytes], sink: Sink | None, on_close: Callable[[], None]
+    ) -> None:
         self.inner = inner
         self.sink = sink
+        self.on_close = on_close
 
     def __aiter__(self) -> Body:
         return self
@@ -145,9 +117,14 @@ class Body:
     async def __anext__(self) -> bytes:
         chunk = await self.inner.__anext__()
         if chunk is DETACH:
+            assert self.sink is not None
             self.sink.detached = self.inner
             raise StopAsyncIteration
         return chunk
+
+    def close(self) -> None:
+        if self.sink is None or self.sink.detached is None:
+            self.on_close()
 
 
 async def serve(sink: Sink) -> None:
@@ -169,8 +146,11 @@ async def serve(sink: Sink) -> None:
     watcher = asyncio.ensure_future(watch())
     try:
         async for chunk in body:
-            await sink.raw(body_message(chunk))
-        await sink.raw({"type": "http.response.body", "body": b"", "more_body": False})
+            await sink.deliver(body_message(chunk))
+        if not sink.aborted:
+            await sink.raw({"type": "http.response.body", "body": b"", "more_body": False})
+    except StreamClosed:
+        pass  # the sink dropped the connection; the stream logs why when it closes
     except Exception as exc:
         # The server (or a middleware around ours) failed to send: nobody to tell.
         logger.warning("Sending a stream failed (%r); ending it.", exc)
@@ -184,25 +164,3 @@ async def serve(sink: Sink) -> None:
     finally:
         watcher.cancel()
         await body.aclose()  # type: ignore[attr-defined]
-
-
-def body_message(chunk: bytes) -> Message:
-    """The ASGI message of one body chunk of a stream."""
-    return {"type": "http.response.body", "body": chunk, "more_body": True}
-
-
-def current_sink() -> Sink | None:
-    """The sink of the request being handled, if the application is wrapped."""
-    return _current.get()
-
-
-def stream_body(events: Callable[[Sink | None], AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
-    """The body of a stream response: ``events(sink)``, in a ``Body`` behind the middleware.
-
-    ``events`` calls ``sink.expect()`` on its first chunk and yields ``DETACH`` once it has
-    caught up, if ``sink.verified``.
-    """
-    sink = current_sink()
-    if sink is None:
-        return events(None)
-    return Body(events(sink), sink)

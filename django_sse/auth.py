@@ -1,9 +1,9 @@
 """Who may read a job's stream (session-based authorization).
 
 A job belongs to its ``owner`` (an authenticated user) or, when it has no owner, to the session
-that started it. ``DJANGO_SSE["AUTHORIZE"]`` may name a callable ``(request, job) -> bool`` that
-widens access (to staff, say); it cannot narrow the owner's access. Everything here is sync and
-runs on the stream database thread.
+that started it (``Job.session_hash``, see ``identity.py``). ``DJANGO_SSE["AUTHORIZE"]`` may name
+a callable ``(request, job) -> bool`` that widens access (to staff, say); it cannot narrow the
+owner's access. Everything here is sync and runs on the stream database thread.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
-from django.utils.crypto import constant_time_compare
 
 from django_sse.conf import conf
+from django_sse.identity import Identity, session_owns
 
 if TYPE_CHECKING:
     from django_sse.models import Job
@@ -27,33 +27,32 @@ if TYPE_CHECKING:
 class Access(NamedTuple):
     job: Job
     user: Any
-    session_key: str | None
+    identity: Identity
 
 
-def owns(job: Job, user: Any, session_key: str | None) -> bool:
+def owns(job: Job, identity: Identity) -> bool:
     if job.owner_id is not None:
-        return bool(user is not None and user.is_authenticated and user.pk == job.owner_id)
-    return bool(job.session_key and session_key) and constant_time_compare(
-        job.session_key, session_key or ""
-    )
+        return identity.user_id is not None and identity.user_id == job.owner_id
+    return session_owns(job.session_hash, identity.session_key)
 
 
-def can_access(request: HttpRequest, job: Job, user: Any, session_key: str | None) -> bool:
-    if owns(job, user, session_key):
+def can_access(request: HttpRequest, job: Job, identity: Identity) -> bool:
+    if owns(job, identity):
         return True
     widen = conf.AUTHORIZE
     return bool(widen is not None and widen(request, job))
 
 
-def _current_identity(request: HttpRequest) -> tuple[Any, str | None]:
+def identify(request: HttpRequest) -> tuple[Any, Identity]:
+    """The request's user and identity, loading both (call it on the stream database thread)."""
     user = getattr(request, "user", None) or AnonymousUser()
     session = getattr(request, "session", None)
     if session is None:
-        return user, None
+        return user, Identity.of(user, None)
     # Reading the session loads it, which drops a key the store does not know (deleted or
     # expired): a cookie naming a dead session owns nothing.
     session.keys()
-    return user, session.session_key
+    return user, Identity.of(user, session.session_key)
 
 
 def authorize_stream(request: HttpRequest, job_id: uuid.UUID) -> Access | None:
@@ -61,28 +60,26 @@ def authorize_stream(request: HttpRequest, job_id: uuid.UUID) -> Access | None:
     from django_sse.models import Job
 
     # The identity first, for missing and forbidden jobs alike (the refusal log names the user).
-    user, session_key = _current_identity(request)
+    user, identity = identify(request)
     job = Job.objects.filter(pk=job_id).first()
-    if job is None:
+    if job is None or not can_access(request, job, identity):
         return None
-    if not can_access(request, job, user, session_key):
-        return None
-    return Access(job, user, session_key)
+    return Access(job, user, identity)
 
 
-def _identity_from_store(session_key: str | None) -> tuple[Any, str | None]:
-    """The user and the session key as the session store knows them now."""
+def _identity_from_store(session_key: str | None) -> tuple[Any, Identity]:
+    """The user and the identity as the session store knows them now."""
     if not session_key:
-        return AnonymousUser(), None
+        return AnonymousUser(), Identity(None, None)
     probe = HttpRequest()
     engine = import_module(settings.SESSION_ENGINE)
     probe.session = engine.SessionStore(session_key)
     # get_user() checks the session's auth hash: a password change logs the session out.
     user = get_user(probe)
-    return user, probe.session.session_key
+    return user, Identity.of(user, probe.session.session_key)
 
 
-def reauthorize_stream(request: HttpRequest, job_id: uuid.UUID, session_key: str | None) -> bool:
+def reauthorize_stream(request: HttpRequest, job_id: uuid.UUID, identity: Identity) -> bool:
     """Check again, from the session store, that the stream may go on (no logout, no expiry,
     no password change since it opened)."""
     from django_sse.models import Job
@@ -90,20 +87,15 @@ def reauthorize_stream(request: HttpRequest, job_id: uuid.UUID, session_key: str
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         return False
-    user, current_key = _identity_from_store(session_key)
+    user, current = _identity_from_store(identity.session_key)
     request.user = user
-    return can_access(request, job, user, current_key)
+    return can_access(request, job, current)
 
 
-def identify(request: HttpRequest) -> tuple[Any, str | None]:
-    """The request's user and (existing) session key, loading both."""
-    return _current_identity(request)
-
-
-def same_identity(user: Any, session_key: str | None) -> bool:
-    """Whether the session behind a stream of all of a session's jobs still stands for the same
-    visitor (same user, or the same anonymous session)."""
-    current_user, current_key = _identity_from_store(session_key)
-    if getattr(user, "is_authenticated", False):
-        return bool(current_user.is_authenticated and current_user.pk == user.pk)
-    return current_key is not None and not current_user.is_authenticated
+def same_identity(identity: Identity) -> bool:
+    """Whether the session behind a stream of all of a visitor's jobs still stands for the same
+    visitor (the same user, or the same anonymous session)."""
+    _user, current = _identity_from_store(identity.session_key)
+    if identity.user_id is not None:
+        return bool(current.user_id == identity.user_id)
+    return current.session_key is not None and current.user_id is None

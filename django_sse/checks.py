@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from importlib import import_module
 from typing import Any
 
 from django.apps import AppConfig
@@ -24,6 +25,10 @@ _NUMBERS = {
     "RETRY_MILLISECONDS": (int,),
     "MAX_DATA_BYTES": (int,),
     "REPLAY_PAGE_SIZE": (int,),
+    "MAX_BUFFERED_BYTES": (int,),
+    "SEND_TIMEOUT_SECONDS": (float, int),
+    "MAX_STREAMS_PER_IDENTITY": (int,),
+    "RESUME_MAX_AGE_SECONDS": (float, int),
 }
 
 
@@ -146,6 +151,35 @@ def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> 
             )
         )
     return errors
+
+
+@register(Tags.compatibility)
+def check_session_engine(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    """With signed cookies the session key is the cookie itself: it changes whenever the
+    session does (an anonymous visitor loses their jobs), and the server keeps no session a
+    logout could delete, so it cannot end an open stream."""
+    from django.contrib.sessions.backends.signed_cookies import SessionStore as SignedCookies
+
+    try:
+        store = import_module(settings.SESSION_ENGINE).SessionStore
+    except (ImportError, AttributeError):
+        return []  # Django itself fails loudly on the first request
+    if not (isinstance(store, type) and issubclass(store, SignedCookies)):
+        return []
+    return [
+        Error(
+            "django_sse cannot authorize streams with the signed_cookies session engine: "
+            "the server keeps no session, so a logout cannot end an open stream.",
+            hint=(
+                "Set SESSION_ENGINE to 'django.contrib.sessions.backends.db', "
+                "'django.contrib.sessions.backends.cache' or "
+                "'django.contrib.sessions.backends.cached_db'."
+            ),
+            id="django_sse.E005",
+        )
+    ]
 
 
 @register(Tags.compatibility)

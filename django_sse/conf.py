@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     AuthorizeCallable = Callable[[HttpRequest, Job], bool]
 
 DEFAULTS: dict[str, Any] = {
-    # Seconds between two ": ping" comment lines on an idle stream; the session is re-checked
-    # at the same pace.
+    # Seconds between two ": ping" comment lines on an idle stream. Also the deadline of a
+    # stream's authorization: no chunk leaves for the client unless the session was checked
+    # within this time, and a connection whose data stays unacknowledged this long is dropped
+    # by the kernel (TCP_USER_TIMEOUT, where the server lets us set it).
     "HEARTBEAT_SECONDS": 15.0,
     # The reconnection delay sent to EventSource in the "retry:" field, in milliseconds.
     "RETRY_MILLISECONDS": 3000,
@@ -37,8 +39,20 @@ DEFAULTS: dict[str, Any] = {
     # Default age of finished jobs that "manage.py django_sse_prune" deletes, in days.
     "RETENTION_DAYS": 30,
     # Events read from the database per query when a stream replays history (a stream holds
-    # two pages at most: the one it sends and the next, read meanwhile).
+    # two pages at most: the one it sends and the next, read meanwhile). A page also stops at a
+    # quarter of MAX_BUFFERED_BYTES.
     "REPLAY_PAGE_SIZE": 1000,
+    # Most bytes one stream keeps queued ahead of its client, beyond the kernel's socket
+    # buffers: its replay pages, its inbox of live events and what the server holds for it.
+    "MAX_BUFFERED_BYTES": 1024 * 1024,
+    # Seconds a stream waits for the server to take a chunk (a client that does not read)
+    # before it ends the stream; the browser then resumes from its last id.
+    "SEND_TIMEOUT_SECONDS": 30.0,
+    # Open streams per user, or per anonymous session, in one process; more are refused (429).
+    "MAX_STREAMS_PER_IDENTITY": 20,
+    # A resume point of the all-jobs stream older than this (in seconds) counts as a first
+    # connection: the visitor's running jobs are sent, not everything since then.
+    "RESUME_MAX_AGE_SECONDS": 24 * 3600.0,
     # Optional callable (or dotted path to one) "(request, job) -> bool" that grants access to
     # a job's stream beyond its owner, e.g. to staff.
     "AUTHORIZE": None,
@@ -107,6 +121,22 @@ class Settings:
     @property
     def REPLAY_PAGE_SIZE(self) -> int:
         return int(self._get("REPLAY_PAGE_SIZE"))
+
+    @property
+    def MAX_BUFFERED_BYTES(self) -> int:
+        return int(self._get("MAX_BUFFERED_BYTES"))
+
+    @property
+    def SEND_TIMEOUT_SECONDS(self) -> float:
+        return float(self._get("SEND_TIMEOUT_SECONDS"))
+
+    @property
+    def MAX_STREAMS_PER_IDENTITY(self) -> int:
+        return int(self._get("MAX_STREAMS_PER_IDENTITY"))
+
+    @property
+    def RESUME_MAX_AGE_SECONDS(self) -> float:
+        return float(self._get("RESUME_MAX_AGE_SECONDS"))
 
     @property
     def AUTHORIZE(self) -> AuthorizeCallable | None:

@@ -1,56 +1,28 @@
 """Writing live events straight to the server, for streams that are caught up.
 
 A ``DirectWriter`` belongs to one job stream whose request went through
-``django_sse.asgi.DirectWriteMiddleware``. While the stream waits for events, the hub hands it
-each new event of the job and the writer sends the chunk (encoded once by the hub) with the
-server's ``send``: no task wakes up and Django's response loop is not involved. The stream's own
-task takes over again whenever anything else must happen (a heartbeat, a gap to read from the
-database, the end of the job, a failed write): the writer is switched off first and any write
-still in flight is awaited, so the order of the chunks on the wire is always the order of the
-events.
+``django_sse.asgi.DirectWriteMiddleware``. While the
+stream waits for events, the hub hands it each new event of the job and the writer sends the
+chunk (encoded once by the hub) with the server's ``send``: no task wakes up and Django's
+response loop is not involved.
 
-A write that cannot finish at once (the server is applying back-pressure to a slow client)
-finishes in a task of its own; events arriving meanwhile are joined into one chunk written after
-it. Nothing is dropped: the events of one stream stay in order, whatever the client's speed.
+The writer only writes when nothing can go wrong by doing so at once: the event is the next
+one, no earlier write is still in flight, the server is taking data for this client, the
+stream's authorization is fresh (``ending.Guard``) and, on a server that does not say whether
+its client reads, the stream's byte budget allows it. Otherwise it declines, the hub puts the
+event in the stream's inbox (bounded in bytes, ``hub.Subscriber``), and the stream's own task
+takes over: it first settles the write in flight (within ``SEND_TIMEOUT_SECONDS``, see
+``sink.Sink.wait``), so the order of the chunks on the wire is always the order of the events.
+A stream whose client stops reading thus holds at most one chunk here.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine, Generator
-from typing import Any
 
-from django_sse.asgi import Send, body_message
+from django_sse.ending import Guard, StreamClosed
+from django_sse.sink import Sink, body_message, start_send
 from django_sse.wakeup import Wakeup
-
-
-class _Resume:
-    """Await a coroutine that was started by hand and is suspended on ``waiting``."""
-
-    __slots__ = ("coro", "waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        self.coro = coro
-        self.waiting = waiting
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, value = self.coro, self.waiting
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # handed to the coroutine
-                try:
-                    value = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration:
-                    return
 
 
 class DirectWriter:
@@ -58,96 +30,99 @@ class DirectWriter:
 
     __slots__ = (
         "active",
+        "allowance",
+        "bytes",
         "error",
         "finished",
+        "guard",
         "inflight",
         "last_seq",
-        "pending",
-        "send",
         "sent",
+        "sink",
         "wakeup",
     )
 
-    def __init__(self, send: Send, wakeup: Wakeup) -> None:
-        self.send = send
+    def __init__(self, sink: Sink, wakeup: Wakeup, guard: Guard) -> None:
+        self.sink = sink
         self.wakeup = wakeup  # the stream's: set when the stream's task must take over
+        self.guard = guard
         self.active = False  # the stream is waiting and caught up: the hub may write
         self.last_seq = 0
         self.sent = 0
+        self.bytes = 0
         self.finished = False  # a terminal event was written
         self.error: BaseException | None = None
-        self.inflight: asyncio.Task[None] | None = None
-        self.pending: list[bytes] = []  # chunks waiting for the write in flight
+        self.inflight: asyncio.Future[None] | None = None
+        # Bytes it may write before the stream's task takes over (None: no limit). Set where
+        # nothing tells the stream whether its client reads (see streaming.py).
+        self.allowance: int | None = None
 
-    def write(self, seq: int, chunk: bytes, terminal: bool) -> bool:
-        """Write event ``seq`` (its bytes: ``chunk``) if it is the next one. False: not handled
-        (a gap); the stream's task must take over."""
+    def write(self, seq: int, chunk: bytes, terminal: bool, now: float) -> bool:
+        """Write event ``seq`` (its bytes: ``chunk``) if it is the next one and may go now.
+        False: not handled; the stream's task takes over."""
         if seq <= self.last_seq:
             return True  # already sent (read from the database during the replay)
-        if seq != self.last_seq + 1:
-            self.active = False
+        if (
+            seq != self.last_seq + 1
+            or self.inflight is not None
+            or not self.sink.writable
+            or not self.guard.fresh(now)
+            or (self.allowance is not None and self.bytes + len(chunk) > self.allowance)
+        ):
+            self._hand_over()
             return False
         self.last_seq = seq
         self.sent += 1
-        if self.inflight is not None:
-            self.pending.append(chunk)
-        else:
-            self._start(chunk)
+        self.bytes += len(chunk)
+        try:
+            # A message of its own: an ASGI middleware around ours may change the one it gets.
+            pending = start_send(self.sink.raw(body_message(chunk)))
+        except Exception as exc:
+            self.fail(exc)
+            return True
+        if pending is not None:
+            self.inflight = pending
+            pending.add_done_callback(self._finished_write)
         if terminal:
             self.finished = True
-            self.active = False
-            self.wakeup.set()
+            self._hand_over()
         return True
 
-    def _start(self, chunk: bytes) -> None:
-        # A message of its own: an ASGI middleware around ours may change the one it is given.
-        try:
-            awaitable = self.send(body_message(chunk))
-            if not asyncio.iscoroutine(awaitable):
-                # Not a coroutine (a server's native awaitable, a future): awaited in a task.
-                self.inflight = asyncio.ensure_future(self._finish(awaitable))
-                return
-            try:
-                # Run the server's send up to its first suspension: usually it never suspends
-                # (the bytes went to the socket buffer) and this is the whole write.
-                waiting = awaitable.send(None)
-            except StopIteration:
-                return
-            self.inflight = asyncio.ensure_future(self._finish(_Resume(awaitable, waiting)))
-        except Exception as exc:
-            self.fail(exc)
-
-    async def _finish(self, first: Awaitable[None]) -> None:
-        try:
-            await first
-            while self.pending:
-                body = b"".join(self.pending)
-                self.pending.clear()
-                await self.send(body_message(body))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.fail(exc)
-        finally:
+    def _finished_write(self, pending: asyncio.Future[None]) -> None:
+        if self.inflight is pending:
             self.inflight = None
+        if not pending.cancelled() and pending.exception() is not None:
+            self.fail(pending.exception())  # type: ignore[arg-type]
+
+    def _hand_over(self) -> None:
+        self.active = False
+        self.wakeup.set()
 
     def fail(self, exc: BaseException) -> None:
         """End direct writing on ``exc``: the stream's task wakes up and ends the stream."""
-        self.error = exc
-        self.active = False
-        self.pending.clear()
-        self.wakeup.set()
+        if self.error is None:
+            self.error = exc
+        self._hand_over()
 
     async def settle(self) -> None:
-        """Wait for the write in flight, if any (the stream's task is about to write)."""
+        """Wait for the write in flight, if any (the stream's task is about to write), within
+        the stream's bounds: raises ``StreamClosed`` if the client does not take it in time."""
         inflight = self.inflight
-        if inflight is not None:
-            await inflight
+        if inflight is None:
+            return
+        try:
+            await self.sink.wait(inflight)
+        except StreamClosed:
+            raise
+        except Exception as exc:  # the server's send failed
+            self.fail(exc)
+        finally:
+            if self.inflight is inflight:
+                self.inflight = None
 
     def cancel(self) -> None:
         """The stream is over: stop writing (a write in flight is abandoned)."""
         self.active = False
-        self.pending.clear()
         if self.inflight is not None:
             self.inflight.cancel()
             self.inflight = None

@@ -3,8 +3,10 @@
 Each event's data is rendered with the first template found of
 ``django_sse/htmx/<type>.html`` and ``django_sse/htmx/event.html``; a project overrides them the
 usual way, with templates of the same name in its own app or templates folder. The context holds
-``job_id``, ``type``, ``seq`` and ``data`` (the event's data, decoded) and nothing else: the
-templates are rendered in the event loop, so they must not query the database.
+``job_id``, ``type``, ``seq`` and ``data`` (the event's data, decoded) and nothing else. They
+are rendered on a thread of their own (in the stream's language), one page of a replay at a
+time, so that rendering never holds up the event loop's other streams; they must not query the
+database.
 
 After a job's last event the stream sends one more event, ``end`` (data: the job's final
 status), for ``sse-close="end"``: htmx's extension would otherwise reconnect to a finished job.
@@ -12,12 +14,15 @@ status), for ``sse-close="end"``: htmx's extension would otherwise reconnect to 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.template.loader import select_template
+from django.utils import translation
 from django.utils.translation import get_language
 
 from django_sse.hub import Delivery
@@ -34,10 +39,15 @@ END_EVENT = "end"
 # it once (per language), not once per subscriber.
 FRAGMENT_CACHE_SIZE = 2048
 
+# Templates are rendered here, not on the event loop: a replay of thousands of events renders
+# for a while, and every other stream of the process would wait meanwhile. One thread: the
+# renders of all streams take turns, and the loop keeps the interpreter half the time at least.
+_render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django_sse-render")
 
-def render_fragment(job_id: uuid.UUID, event: StoredEvent) -> str:
-    """The HTML of one event."""
-    return _render(job_id, event, get_language())
+
+def render_fragment(job_id: uuid.UUID, event: StoredEvent, language: str | None = None) -> str:
+    """The HTML of one event (in the active language, or ``language``)."""
+    return _render(job_id, event, get_language() if language is None else language)
 
 
 def clear_fragment_cache(**kwargs: Any) -> None:
@@ -54,7 +64,22 @@ def _render(job_id: uuid.UUID, event: StoredEvent, language: str | None) -> str:
         "seq": event.seq,
         "data": json.loads(event.data),
     }
-    return str(template.render(context)).strip()
+    with translation.override(language):
+        return str(template.render(context)).strip()
+
+
+def _render_all(job_id: uuid.UUID, events: list[StoredEvent], language: str | None) -> list[str]:
+    return [_render(job_id, event, language) for event in events]
+
+
+async def render_fragments(
+    job_id: uuid.UUID, events: list[StoredEvent], language: str | None
+) -> list[str]:
+    """The HTML of each event, rendered on the render thread."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _render_thread, functools.partial(_render_all, job_id, events, language)
+    )
 
 
 def _end(event: StoredEvent) -> bytes:
@@ -64,29 +89,33 @@ def _end(event: StoredEvent) -> bytes:
 class FragmentStream(JobStream):
     """A job's stream whose events carry rendered HTML instead of JSON."""
 
-    __slots__ = ()
+    # Each chunk is rendered for this stream's language: not the hub's encoding, and the
+    # stream stays in Django's response loop (where the language was activated).
+    detachable = False
 
-    # Each live chunk is rendered for this stream's language (activated by Django for the
-    # request): not the hub's encoding, and only in the request's own context.
-    direct_writes = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.language = get_language()
 
-    def _encode(self, events: list[StoredEvent]) -> bytes:
-        job_id = self.job_id
-        rendered = [
-            event._replace(data=render_fragment(job_id, event))
-            for event in events
-            if event.seq > self.last_seq
-        ]
-        chunk = super()._encode(rendered)
+    async def encode_page(self, events: list[StoredEvent]) -> bytes:
+        events = [event for event in events if event.seq > self.last_seq]
+        if not events:
+            return b""
+        html = await render_fragments(self.job_id, events, self.language)
+        rendered = [event._replace(data=text) for event, text in zip(events, html, strict=True)]
+        chunk = self._encode(rendered)
         terminal = [event for event in rendered if event.type in TERMINAL_TYPES]
-        if terminal and self.reason == "job finished":
+        if terminal and self.finished:
             chunk += _end(terminal[0])
         return chunk
 
-    def _live_chunk(self, delivery: Delivery) -> bytes:
-        event = delivery.event
-        html = render_fragment(self.job_id, event)
-        chunk = encode_event(html, event=event.type, id=event.seq)
-        if delivery.terminal:
-            chunk += _end(event)
-        return chunk
+    async def encode_live(self, deliveries: list[Delivery]) -> bytes:
+        events = [delivery.event for delivery in deliveries]
+        html = await render_fragments(self.job_id, events, self.language)
+        parts = [
+            encode_event(text, event=event.type, id=event.seq)
+            for event, text in zip(events, html, strict=True)
+        ]
+        if deliveries[-1].terminal:
+            parts.append(_end(events[-1]))
+        return b"".join(parts)

@@ -29,10 +29,11 @@ from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.delivery import get_layer
 from django_sse.direct import DirectWriter
+from django_sse.discovery import Discovery
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
 from django_sse.queries import StoredEvent, fetch_events, last_seq, last_seqs
 from django_sse.sse import encode_event
-from django_sse.validation import TERMINAL_TYPES
+from django_sse.validation import EVENT_TYPE_RE, TERMINAL_TYPES
 from django_sse.wakeup import Wakeup
 
 logger = logging.getLogger("django_sse")
@@ -51,28 +52,86 @@ class Delivery(NamedTuple):
     terminal: bool
 
 
+class InboxBudget:
+    """The bytes of live events one stream may hold before it reads them from the database
+    instead (shared by the subscribers of a stream that follows several jobs)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = conf.MAX_BUFFERED_BYTES // 4 if limit is None else limit
+        self.used = 0
+
+
 class Subscriber:
     """One open stream's inbox for one job: ``Delivery`` items, in order.
 
-    Streams that follow several jobs share one ``wakeup`` event among their subscribers. A
-    stream that can write to the server directly sets ``writer`` (see ``direct.py``): while it
-    is active, events go straight to the client instead of into ``items``.
+    The inbox is bounded in bytes: a stream that does not keep up (its client reads slowly, or
+    it is busy with a replay) would otherwise hold every event published meanwhile. Past its
+    budget the inbox is emptied and only remembers the newest ``seq`` (``behind``): the stream
+    reads everything up to it from the database, which is the record, when it gets to it.
+
+    Streams that follow several jobs share one ``wakeup`` and one budget among their
+    subscribers. A stream that can write to the server directly sets ``writer`` (see
+    ``direct.py``): while it is active, events go straight to the client instead.
     """
 
-    __slots__ = ("items", "job_id", "wakeup", "writer")
+    __slots__ = ("behind", "budget", "items", "job_id", "queued", "wakeup", "writer")
 
-    def __init__(self, job_id: uuid.UUID, wakeup: Wakeup | None = None) -> None:
+    def __init__(
+        self, job_id: uuid.UUID, wakeup: Wakeup | None = None, budget: InboxBudget | None = None
+    ) -> None:
         self.job_id = job_id
         # Made on the first delivery: a stream written to directly may never need it.
         self.items: deque[Delivery] | None = None
+        self.queued = 0  # bytes in items
+        self.behind = 0  # > 0: read everything up to this seq from the database
         self.wakeup = wakeup or Wakeup()
+        self.budget = budget or InboxBudget()
         self.writer: DirectWriter | None = None
 
     def deliver(self, item: Delivery) -> None:
-        if self.items is None:
-            self.items = deque()
-        self.items.append(item)
+        if self.behind:
+            self.behind = item.event.seq
+        else:
+            size = len(item.chunk)
+            budget = self.budget
+            if budget.used + size > budget.limit:
+                self._overflow(item.event.seq)
+            else:
+                if self.items is None:
+                    self.items = deque()
+                self.items.append(item)
+                self.queued += size
+                budget.used += size
         self.wakeup.set()
+
+    def _overflow(self, seq: int) -> None:
+        self.behind = seq
+        if self.items:
+            self.items.clear()
+        self.budget.used -= self.queued
+        self.queued = 0
+
+    def take(self) -> list[Delivery]:
+        """Every queued delivery, oldest first (their bytes leave the budget)."""
+        items = self.items
+        if not items:
+            return []
+        taken = list(items)
+        items.clear()
+        self.budget.used -= self.queued
+        self.queued = 0
+        return taken
+
+    def take_behind(self) -> int:
+        """The seq to read up to from the database (0: nothing to read)."""
+        behind, self.behind = self.behind, 0
+        return behind
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.items) or bool(self.behind)
 
 
 class _Feed:
@@ -96,6 +155,41 @@ def _encode(event: StoredEvent) -> Delivery:
     )
 
 
+# The largest seq a database column can hold (a 64-bit signed integer).
+MAX_SEQ = 2**63 - 1
+
+
+def _parse_message(message: Any) -> tuple[uuid.UUID, StoredEvent] | None:
+    """The job and event of a layer message, or None if it is not one ``push_event`` makes."""
+    if not isinstance(message, dict):
+        return None
+    job, seq, type_, data = (message.get(key) for key in ("job", "seq", "event", "data"))
+    if not isinstance(job, str) or not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    if not (0 < seq <= MAX_SEQ) or not isinstance(type_, str) or not EVENT_TYPE_RE.match(type_):
+        return None
+    # Compact JSON text is one line; anything else would not be what the database holds.
+    if not isinstance(data, str) or "\n" in data or "\r" in data:
+        return None
+    if len(data) > 4 * conf.MAX_DATA_BYTES:
+        return None
+    try:
+        job_id = uuid.UUID(hex=job)
+    except ValueError:
+        return None
+    return job_id, StoredEvent(seq, type_, data)
+
+
+def _shape(message: Any) -> str:
+    """What a message looks like, for a log line: its keys and the types of their values."""
+    if not isinstance(message, dict):
+        return type(message).__name__
+    fields = ", ".join(
+        f"{str(key)[:40]!r}: {type(value).__name__}" for key, value in list(message.items())[:20]
+    )
+    return "{" + fields + "}"
+
+
 class Hub:
     """Receives every event of the jobs streamed in this process and fans them out."""
 
@@ -111,14 +205,21 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._receiver: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        # The all-jobs streams' shared look for new jobs (its task is one of the hub's).
+        self.discovery = Discovery(self._spawn)
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, job_id: uuid.UUID, wakeup: Wakeup | None = None) -> Subscriber:
+    async def subscribe(
+        self,
+        job_id: uuid.UUID,
+        wakeup: Wakeup | None = None,
+        budget: InboxBudget | None = None,
+    ) -> Subscriber:
         """Start receiving ``job_id``'s events. Every event committed after this returns is
         delivered; anything older is in the database for the caller's replay."""
         self._start()
-        subscriber = Subscriber(job_id, wakeup)
+        subscriber = Subscriber(job_id, wakeup, budget)
         feed = self.feeds.get(job_id)
         if feed is None:
             feed = self.feeds[job_id] = _Feed(self.loop)
@@ -173,17 +274,18 @@ class Hub:
 
     # -- incoming events -------------------------------------------------------------------
 
-    def on_message(self, message: dict[str, Any]) -> None:
-        """A layer message for one of our groups."""
-        try:
-            job_id = uuid.UUID(hex=message["job"])
-            event = StoredEvent(int(message["seq"]), str(message["event"]), str(message["data"]))
-        except (KeyError, TypeError, ValueError):
-            logger.warning("Ignored a malformed channel-layer message: %r", message)
+    def on_message(self, message: Any) -> None:
+        """A layer message for one of our groups. Anything malformed is dropped (the event, if
+        it exists, is read from the database by the poll) and logged by its shape, never its
+        data."""
+        event = _parse_message(message)
+        if event is None:
+            logger.warning("Ignored a malformed channel-layer message: %s", _shape(message))
             return
+        job_id, stored = event
         feed = self.feeds.get(job_id)
         if feed is not None:
-            self._offer(job_id, feed, [event])
+            self._offer(job_id, feed, [stored])
 
     def _offer(self, job_id: uuid.UUID, feed: _Feed, events: Iterable[StoredEvent]) -> None:
         if feed.seq is None or feed.busy:
@@ -203,13 +305,14 @@ class Hub:
     def _dispatch(self, feed: _Feed, event: StoredEvent) -> None:
         item = _encode(event)
         seq, chunk, terminal = event.seq, item.chunk, item.terminal
+        now = self.loop.time()
         # A copy: a write runs the server's code, which must not be able to change the set
         # under the loop.
         for subscriber in tuple(feed.subscribers):
             writer = subscriber.writer
             if writer is not None and writer.active:
                 try:
-                    if writer.write(seq, chunk, terminal):
+                    if writer.write(seq, chunk, terminal, now):
                         continue
                 except Exception as exc:
                     # A bug, not a client gone (the writer catches the server's errors): this
@@ -343,8 +446,13 @@ class Hub:
             if failures:
                 logger.info("Receiving from the channel layer works again.")
                 failures = 0
-            if message.get("type") == EVENT_MESSAGE_TYPE:
-                self.on_message(message)
+            try:
+                if isinstance(message, dict) and message.get("type") == EVENT_MESSAGE_TYPE:
+                    self.on_message(message)
+            except Exception:
+                # A bug, not the layer: this message is lost to the fast path (the poll reads
+                # its event from the database), the loop goes on for every other job.
+                logger.exception("Handling a channel-layer message failed.")
 
     async def _poll_loop(self) -> None:
         next_refresh = time.monotonic() + GROUP_REFRESH_SECONDS

@@ -11,6 +11,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from django_sse import lifecycle
+from django_sse.identity import SESSION_HASH_LENGTH, hash_session_key, session_hashes
 from django_sse.validation import MESSAGE_MAX_LENGTH
 
 if TYPE_CHECKING:
@@ -48,7 +49,9 @@ class JobQuerySet(models.QuerySet["Job"]):
             return self.create(owner=user, **fields)
         if request.session.session_key is None:
             request.session.save()
-        return self.create(session_key=request.session.session_key or "", **fields)
+        return self.create(
+            session_hash=hash_session_key(request.session.session_key or ""), **fields
+        )
 
     async def acreate_for_request(self, request: HttpRequest, **fields: Any) -> Job:
         """Async twin of :meth:`create_for_request`."""
@@ -57,7 +60,23 @@ class JobQuerySet(models.QuerySet["Job"]):
             return await self.acreate(owner=user, **fields)
         if request.session.session_key is None:
             await request.session.asave()
-        return await self.acreate(session_key=request.session.session_key or "", **fields)
+        session_hash = hash_session_key(request.session.session_key or "")
+        return await self.acreate(session_hash=session_hash, **fields)
+
+    def for_session_key(self, session_key: str | None) -> JobQuerySet:
+        """The jobs of the anonymous visitor whose session has this key."""
+        if not session_key:
+            return cast(JobQuerySet, self.none())
+        hashes = session_hashes(session_key)
+        return cast(JobQuerySet, self.filter(owner__isnull=True, session_hash__in=hashes))
+
+    def for_request(self, request: HttpRequest) -> JobQuerySet:
+        """The visitor's jobs: the user's, or an anonymous visitor's session's (the rule the
+        streams apply, so a page listing these never links to a stream that answers 404)."""
+        user = request.user
+        if user.is_authenticated:
+            return cast(JobQuerySet, self.filter(owner=user))
+        return self.for_session_key(request.session.session_key)
 
     def active(self) -> JobQuerySet:
         return cast(JobQuerySet, self.filter(status__in=ACTIVE_STATUSES))
@@ -80,8 +99,11 @@ class Job(lifecycle.JobLifecycleMixin, models.Model):
         related_name="sse_jobs",
         verbose_name=_("owner"),
     )
-    # Django session keys are at most 40 characters.
-    session_key = models.CharField(_("session key"), max_length=40, blank=True, default="")
+    # For a job of an anonymous visitor: a keyed hash of the session key (see identity.py),
+    # never the key itself, which would let anybody who reads this table take the session.
+    session_hash = models.CharField(
+        _("session hash"), max_length=SESSION_HASH_LENGTH, blank=True, default="", editable=False
+    )
     name = models.CharField(_("name"), max_length=200, blank=True, default="")
     status = models.CharField(
         _("status"), max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING
@@ -107,7 +129,7 @@ class Job(lifecycle.JobLifecycleMixin, models.Model):
         verbose_name_plural = _("jobs")
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="django_sse_job_owner_idx"),
-            models.Index(fields=["session_key", "-created_at"], name="django_sse_job_session_idx"),
+            models.Index(fields=["session_hash", "-created_at"], name="django_sse_job_shash_idx"),
             models.Index(fields=["status", "finished_at"], name="django_sse_job_status_idx"),
         ]
 

@@ -42,7 +42,7 @@ from django_sse.validation import (
     validate_event_type,
 )
 
-__all__ = ["Entry", "apublish", "encode_data", "publish", "record"]
+__all__ = ["apublish", "encode_data", "publish"]
 
 if TYPE_CHECKING:
     from django_sse.models import Job, JobEvent
@@ -301,8 +301,11 @@ def write_events(
         return _write_orm(using, job_id, entries, now, updates)
 
 
-def record(job: Job | uuid.UUID | str, entries: Sequence[Entry]) -> list[JobEvent]:
+def _record(job: Job | uuid.UUID | str, entries: Sequence[Entry]) -> list[JobEvent]:
     """Write ``entries`` as consecutive events of ``job`` in one transaction.
+
+    Private: it checks neither the event types nor the data. Its callers do: ``publish()``
+    validates both, the lifecycle helpers write only their own types with encoded data.
 
     Progress coalesced for this job and not yet written goes first, so no later event overtakes
     it. Raises ``JobFinished`` if the job has ended and ``Job.DoesNotExist`` if it is gone.
@@ -365,14 +368,14 @@ def publish(job: Job | uuid.UUID | str, event: str, data: Any = None) -> JobEven
     """
     validate_event_type(event)
     stored, _text = encode_data(data)
-    return record(job, [Entry(event, stored)])[-1]
+    return _record(job, [Entry(event, stored)])[-1]
 
 
 async def apublish(job: Job | uuid.UUID | str, event: str, data: Any = None) -> JobEvent:
     """Async twin of :func:`publish`; input is checked before any thread is used."""
     validate_event_type(event)
     stored, _text = encode_data(data)
-    events = await sync_to_async(record)(job, [Entry(event, stored)])
+    events = await sync_to_async(_record)(job, [Entry(event, stored)])
     return events[-1]
 
 
@@ -387,7 +390,7 @@ def set_progress(
     job_id = job_id_of(job)
     if not progress_throttle.offer(job_id, progress, conf.PROGRESS_INTERVAL_SECONDS):
         return None
-    return record(job, [progress_entry(progress)])[-1]
+    return _record(job, [progress_entry(progress)])[-1]
 
 
 async def aset_progress(
@@ -397,7 +400,7 @@ async def aset_progress(
     job_id = job_id_of(job)
     if not progress_throttle.offer(job_id, progress, conf.PROGRESS_INTERVAL_SECONDS):
         return None
-    events = await sync_to_async(record)(job, [progress_entry(progress)])
+    events = await sync_to_async(_record)(job, [progress_entry(progress)])
     return events[-1]
 
 
@@ -405,7 +408,7 @@ def flush_progress(job: Job | uuid.UUID | str) -> JobEvent | None:
     """Write progress that is still pending for ``job``, if any."""
     if progress_throttle.peek_pending(job_id_of(job)) is None:
         return None
-    events = record(job, [])
+    events = _record(job, [])
     return events[-1] if events else None
 
 

@@ -19,6 +19,7 @@ listed.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import NamedTuple
 
@@ -56,13 +57,31 @@ def encode_resume_point(horizon: int, positions: dict[uuid.UUID, int]) -> str:
     return ".".join(parts)
 
 
-def decode_resume_point(raw: str | None) -> ResumePoint | None:
-    """The resume point in ``raw``, or None if it is not one we could have written."""
-    if not raw or len(raw) > 4096 or not _TOKEN.match(raw):
+class InvalidResumePoint(ValueError):
+    """A ``Last-Event-ID`` that is not a resume point this server could have written."""
+
+
+# The largest seq a database column can hold (a 64-bit signed integer).
+MAX_SEQ = 2**63 - 1
+
+
+def decode_resume_point(raw: str | None, now: float | None = None) -> ResumePoint | None:
+    """The resume point in ``raw`` (None for none). Raises ``InvalidResumePoint``, saying why,
+    for one we could not have written: malformed, a horizon after ``now`` (a Unix time, by
+    default the current one, give or take ``MARGIN_SECONDS`` of clock skew between servers) or
+    a position past what the database can hold."""
+    if not raw:
         return None
+    if len(raw) > 4096 or not _TOKEN.match(raw):
+        raise InvalidResumePoint("not a resume point")
     horizon_text, *entries = raw.split(".")
+    horizon = int(horizon_text, 36)
+    if horizon > (time.time() if now is None else now) + MARGIN_SECONDS:
+        raise InvalidResumePoint("its time is in the future")
     positions: dict[str, int] = {}
     for entry in entries:
         ref, seq = entry[:JOB_REF_LENGTH], int(entry[JOB_REF_LENGTH:], 36)
+        if seq > MAX_SEQ:
+            raise InvalidResumePoint("a position is past the largest event number")
         positions[ref] = max(seq, positions.get(ref, 0))
-    return ResumePoint(int(horizon_text, 36), positions)
+    return ResumePoint(horizon, positions)

@@ -13,6 +13,12 @@ browser gets a safe message) and is cancelled when the function raises ``CancelR
             job.raise_if_cancel_requested()
             job.set_progress(i, total)
         return {"rows": total}
+
+A return value that cannot be the job's result (not JSON, or over ``MAX_DATA_BYTES``) fails the
+job with the safe message too, rather than leaving it "running" for ever. The function did
+return, but its result is lost and the job failed, so the task must not look like a success:
+the ``EventDataNotSerializable`` or ``EventDataTooLarge`` goes on to the task framework like an
+exception of the function would (``reraise=False`` swallows it and returns None).
 """
 
 from __future__ import annotations
@@ -26,7 +32,12 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from asgiref.sync import sync_to_async
 
-from django_sse.exceptions import CancelRequested, JobFinished
+from django_sse.exceptions import (
+    CancelRequested,
+    EventDataNotSerializable,
+    EventDataTooLarge,
+    JobFinished,
+)
 from django_sse.publishing import job_id_of
 
 if TYPE_CHECKING:
@@ -61,9 +72,23 @@ def _begin(job: Job) -> bool:
 
 
 def _end(job: Job, outcome: str, value: Any, error_message: str) -> None:
+    """End the job as ``outcome``; when ``value`` cannot be its result, fail it instead and
+    raise the ``EventDataNotSerializable`` or ``EventDataTooLarge``."""
     try:
         if outcome == "succeeded":
-            job.succeed(value)
+            try:
+                job.succeed(value)
+            except (EventDataNotSerializable, EventDataTooLarge) as exc:
+                # Never the result itself: these messages hold a size, or the type that has no
+                # JSON form.
+                logger.error(
+                    "Job %s failed: its result cannot be stored. %s: %s",
+                    job.pk,
+                    type(exc).__name__,
+                    exc,
+                )
+                job.fail(error_message)
+                raise
         elif outcome == "cancelled":
             job.cancel()
         else:
@@ -110,9 +135,10 @@ def tracks_job(
 ) -> Any:
     """Decorate a task function whose first argument is the job.
 
-    ``error_message`` is what the browser sees when the function raises (never the exception
-    text, which may hold secrets). ``reraise`` (default True) lets the exception reach the task
-    framework, so it records the task as failed too. Async functions work the same way.
+    ``error_message`` is what the browser sees when the function raises or returns a value
+    that cannot be the job's result (never the exception text, which may hold secrets).
+    ``reraise`` (default True) lets the exception reach the task framework, so it records the
+    task as failed too. Async functions work the same way.
     """
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -138,7 +164,12 @@ def tracks_job(
                     if reraise:
                         raise
                     return None
-                await sync_to_async(_end)(loaded, "succeeded", result, error_message)
+                try:
+                    await sync_to_async(_end)(loaded, "succeeded", result, error_message)
+                except (EventDataNotSerializable, EventDataTooLarge):
+                    if reraise:
+                        raise
+                    return None
                 return result
 
             return async_wrapper
@@ -163,7 +194,12 @@ def tracks_job(
                 if reraise:
                     raise
                 return None
-            _end(loaded, "succeeded", result, error_message)
+            try:
+                _end(loaded, "succeeded", result, error_message)
+            except (EventDataNotSerializable, EventDataTooLarge):
+                if reraise:
+                    raise
+                return None
             return result
 
         return wrapper

@@ -1,10 +1,18 @@
-"""The SSE endpoint of one job."""
+"""The SSE endpoints: one job's stream, the stream of all of a visitor's jobs, and cancel.
+
+Each view reads top to bottom as guard clauses (method, format, authorization, the per-visitor
+limit, the resume point) and then hands the request to a stream (``stream.py``,
+``fragments.py``, ``session_stream.py``). Values taken from the request are logged with ``%r``
+and cut short: a job id or a ``Last-Event-ID`` holding a line break must not forge log lines.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from django.db import DatabaseError
 from django.http import (
@@ -17,18 +25,20 @@ from django.http import (
 )
 from django.utils.cache import patch_vary_headers
 from django.utils.translation import gettext
-from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST, require_safe
 
+from django_sse.admission import Ticket, admission
 from django_sse.auth import authorize_stream, identify
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.exceptions import JobFinished
 from django_sse.fragments import FORMATS, FragmentStream
-from django_sse.resume import decode_resume_point
+from django_sse.identity import Identity
+from django_sse.resume import InvalidResumePoint, ResumePoint, decode_resume_point
 from django_sse.session_stream import SessionStream, parse_only
 from django_sse.sse import encode_retry
-from django_sse.stream import JobStream, describe_user
+from django_sse.stream import JobStream
 from django_sse.validation import parse_resume_id
 
 logger = logging.getLogger("django_sse")
@@ -36,6 +46,18 @@ logger = logging.getLogger("django_sse")
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 # Longer values are not logged whole: they are untrusted input.
 _LOG_VALUE_CHARS = 40
+
+
+def describe_user(user: object) -> str:
+    """A user id for log lines, or "anonymous"."""
+    if user is not None and getattr(user, "is_authenticated", False):
+        return str(getattr(user, "pk", "?"))
+    return "anonymous"
+
+
+def _untrusted(value: str) -> str:
+    """A value from the request, fit for a log line: cut short and quoted (``%r``)."""
+    return repr(value[:_LOG_VALUE_CHARS])
 
 
 def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
@@ -51,12 +73,35 @@ def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
 def _refuse(request: HttpRequest, job_id: str, reason: str) -> Http404:
     logger.info(
         "Stream refused: job=%s user=%s reason=%s",
-        job_id[:_LOG_VALUE_CHARS],
+        _untrusted(job_id),
         describe_user(getattr(request, "user", None)) if reason == "not allowed" else "-",
         reason,
     )
     # The same 404 for a missing job, a malformed id and somebody else's job.
     return Http404("No job found.")
+
+
+def _admit(identity: Identity, what: str) -> Ticket | HttpResponse:
+    """An admission ticket for one more stream of this visitor, or the ``429`` refusing it.
+
+    ``429`` (not ``503``, not a ``200`` that ends at once): ``EventSource`` treats any status
+    but ``200`` as final and stops, where a ``200`` would make it reconnect after the retry
+    delay, again and again. ``Retry-After`` tells clients that do retry (ours) when to.
+    """
+    ticket = admission.admit(identity.limit_key, conf.MAX_STREAMS_PER_IDENTITY)
+    if ticket is not None:
+        return ticket
+    logger.info(
+        "Stream refused: %s user=%s reason=too many streams (%d open)",
+        what,
+        identity.label,
+        conf.MAX_STREAMS_PER_IDENTITY,
+    )
+    refused = HttpResponse(
+        gettext("Too many open streams."), status=429, content_type="text/plain; charset=utf-8"
+    )
+    refused["Retry-After"] = str(max(1, round(conf.RETRY_MILLISECONDS / 1000)))
+    return refused
 
 
 def _raw_resume_point(request: HttpRequest) -> str | None:
@@ -81,12 +126,16 @@ def _resume_point(request: HttpRequest, job_id: uuid.UUID) -> int:
     resume = parse_resume_id(raw)
     if resume is None:
         logger.warning(
-            "Ignored an invalid Last-Event-ID for job %s: %r; replaying from the start.",
+            "Ignored an invalid Last-Event-ID for job %s: %s; replaying from the start.",
             job_id,
-            raw[:_LOG_VALUE_CHARS],
+            _untrusted(raw),
         )
         return 0
     return resume
+
+
+def _stream(request: HttpRequest, body: Any) -> HttpResponseBase:
+    return _allow_origin(request, _stream_headers(StreamingHttpResponse(body)))
 
 
 # Safe methods only, so CSRF has nothing to protect; exempting it lets POST and friends get the
@@ -116,11 +165,15 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
             exc,
             conf.RETRY_MILLISECONDS,
         )
-        return _allow_origin(request, _stream_headers(StreamingHttpResponse(_retry_later())))
+        return _stream(request, _retry_later())
     if access is None:
         raise _refuse(request, job_id, "not allowed")
     job = access.job
     resume = _resume_point(request, job_uuid)
+    if job.is_finished and resume >= job.last_seq:
+        # The documented way to tell EventSource to stop reconnecting (a resume point past
+        # the last event included: there is nothing more to send either way).
+        return _allow_origin(request, HttpResponse(status=204))
     if resume > job.last_seq:
         logger.warning(
             "Last-Event-ID %d is past the last event (%d) of job %s; replaying from the start.",
@@ -129,14 +182,13 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
             job_uuid,
         )
         resume = 0
-    if job.is_finished and resume >= job.last_seq:
-        # The documented way to tell EventSource to stop reconnecting.
-        return _allow_origin(request, HttpResponse(status=204))
     if request.method == "HEAD":
         return _allow_origin(request, _stream_headers(HttpResponse()))
+    ticket = _admit(access.identity, f"job={job_uuid}")
+    if isinstance(ticket, HttpResponse):
+        return _allow_origin(request, ticket)
     stream_class = FragmentStream if output == "html" else JobStream
-    stream = stream_class(request, access, resume)
-    return _allow_origin(request, _stream_headers(StreamingHttpResponse(stream.body())))
+    return _stream(request, stream_class(request, access, resume, ticket).body())
 
 
 async def _retry_later() -> AsyncIterator[bytes]:
@@ -154,22 +206,36 @@ def _allow_origin(request: HttpRequest, response: HttpResponseBase) -> HttpRespo
     return response
 
 
+# The view changes a job: it checks the CSRF token itself, so a site without
+# CsrfViewMiddleware in MIDDLEWARE is protected all the same.
+@csrf_protect
 @require_POST
 def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
     """Ask a job to stop (CSRF-protected; same authorization and same 404 as the stream).
 
-    ``202`` with ``{"status": "cancel_requested"}``, or ``409`` with ``{"error": ...}`` when
-    the job has already ended.
+    ``202`` with ``{"status": "cancel_requested"}`` as long as the job runs (a repeated request
+    records no second event), or ``409`` with ``{"error": ...}`` when the job has already ended.
     """
-    job_uuid = _job_uuid(request, job_id)
-    access = authorize_stream(request, job_uuid)
+    try:
+        job_uuid = uuid.UUID(job_id)
+    except ValueError:
+        access = None
+    else:
+        access = authorize_stream(request, job_uuid)
     if access is None:
-        raise _refuse(request, job_id, "not allowed")
+        # %r: the id comes from the URL, and a control character must not reach the log raw.
+        logger.info(
+            "Cancel refused: job=%r user=%s",
+            job_id[:_LOG_VALUE_CHARS],
+            describe_user(getattr(request, "user", None)),
+        )
+        # The stream's 404, for a missing job, a malformed id and somebody else's job alike.
+        raise Http404("No job found.")
     try:
         access.job.request_cancel()
     except JobFinished:
         return JsonResponse({"error": gettext("The job has already ended.")}, status=409)
-    logger.info("Cancel requested: job=%s user=%s", job_uuid, describe_user(access.user))
+    logger.info("Cancel requested: job=%s user=%s", access.job.pk, describe_user(access.user))
     return JsonResponse({"status": "cancel_requested"}, status=202)
 
 
@@ -182,21 +248,41 @@ async def session_events(request: HttpRequest) -> HttpResponseBase:
     except ValueError as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain; charset=utf-8")
     try:
-        user, session_key = await run_in_db_thread(identify, request)
+        _user, identity = await run_in_db_thread(identify, request)
     except DatabaseError as exc:
         logger.warning("Session stream deferred: the database is unreachable (%r).", exc)
-        return _allow_origin(request, _stream_headers(StreamingHttpResponse(_retry_later())))
-    if not user.is_authenticated and session_key is None:
+        return _stream(request, _retry_later())
+    if not identity.known:
         # No user and no session: no job can be theirs, now or later. Stop reconnecting.
         return _allow_origin(request, HttpResponse(status=204))
-    raw = _raw_resume_point(request)
-    resume = decode_resume_point(raw)
-    if raw is not None and resume is None:
-        logger.warning(
-            "Ignored an invalid Last-Event-ID for a session stream: %r; starting afresh.",
-            raw[:_LOG_VALUE_CHARS],
-        )
+    resume = _session_resume_point(request)
     if request.method == "HEAD":
         return _allow_origin(request, _stream_headers(HttpResponse()))
-    stream = SessionStream(request, user, session_key, only, resume)
-    return _allow_origin(request, _stream_headers(StreamingHttpResponse(stream.body())))
+    ticket = _admit(identity, "all jobs")
+    if isinstance(ticket, HttpResponse):
+        return _allow_origin(request, ticket)
+    return _stream(request, SessionStream(request, identity, only, resume, ticket).body())
+
+
+def _session_resume_point(request: HttpRequest) -> ResumePoint | None:
+    """The resume point of an all-jobs stream: None (a first connection) when there is none,
+    when it cannot be one we wrote (one WARNING), or when it is older than
+    ``RESUME_MAX_AGE_SECONDS`` (the visitor's running jobs are sent, not everything since)."""
+    raw = _raw_resume_point(request)
+    now = time.time()
+    try:
+        resume = decode_resume_point(raw, now)
+    except InvalidResumePoint as exc:
+        logger.warning(
+            "Ignored an invalid Last-Event-ID for a session stream (%s): %s; starting afresh.",
+            exc,
+            _untrusted(raw or ""),
+        )
+        return None
+    if resume is not None and resume.horizon < now - conf.RESUME_MAX_AGE_SECONDS:
+        logger.info(
+            "Last-Event-ID of a session stream is %d s old; starting afresh.",
+            now - resume.horizon,
+        )
+        return None
+    return resume

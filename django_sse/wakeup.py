@@ -18,6 +18,11 @@ class Wakeup:
     def is_set(self) -> bool:
         return self._flag
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a task waits on it now."""
+        return self._waiter is not None
+
     def set(self) -> None:
         if not self._flag:
             self._flag = True

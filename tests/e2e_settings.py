@@ -31,6 +31,8 @@ DJANGO_SSE = {
     **_BASE_SSE,
     "POLL_SECONDS": float(os.environ.get("DJANGO_SSE_E2E_POLL_SECONDS", "0.2")),
     "HEARTBEAT_SECONDS": float(os.environ.get("DJANGO_SSE_E2E_HEARTBEAT_SECONDS", "15")),
+    # Tests of many idle streams open them all as one user.
+    "MAX_STREAMS_PER_IDENTITY": 100,
 }
 
 LOGGING = {

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from django.contrib.sessions.backends import signed_cookies
 from django.core.checks import Error, Warning
 from django.test import override_settings
 
@@ -18,6 +19,7 @@ def test_test_settings_pass_every_check() -> None:
     assert checks.check_settings(None) == []
     assert checks.check_channel_layer(None) == []
     assert checks.check_middleware(None) == []
+    assert checks.check_session_engine(None) == []
     assert checks.check_daphne(None) == []
     assert checks.check_redis_timeout(None) == []
 
@@ -80,6 +82,27 @@ def test_middleware_subclasses_count() -> None:
     ]
     with override_settings(MIDDLEWARE=middleware):
         assert checks.check_middleware(None) == []
+
+
+class SessionStore(signed_cookies.SessionStore):
+    """This module as a SESSION_ENGINE: signed cookies under another name."""
+
+
+@pytest.mark.parametrize(
+    "engine", ["django.contrib.sessions.backends.signed_cookies", "tests.test_checks"]
+)
+def test_signed_cookie_sessions_are_e005(engine: str) -> None:
+    with override_settings(SESSION_ENGINE=engine):
+        messages = checks.check_session_engine(None)
+    assert ids(messages) == ["django_sse.E005"]
+    assert isinstance(messages[0], Error)
+    assert "cached_db" in (messages[0].hint or "")
+
+
+@pytest.mark.parametrize("engine", ["db", "cache", "cached_db", "file"])
+def test_server_side_sessions_pass(engine: str) -> None:
+    with override_settings(SESSION_ENGINE=f"django.contrib.sessions.backends.{engine}"):
+        assert checks.check_session_engine(None) == []
 
 
 def test_daphne_missing_is_w002() -> None:

@@ -106,3 +106,18 @@ def test_tail_times_out() -> None:
     job = Job.objects.create()
     with pytest.raises(CommandError, match="has not ended"):
         run("django_sse_tail", str(job.pk), "--timeout", "0.2", "--interval", "0.05")
+
+
+def test_tail_escapes_control_characters_so_event_data_cannot_drive_the_terminal() -> None:
+    job = Job.objects.create(name="Ex\x1b[2Jport\u202e")
+    job.start()
+    job.set_progress(1, 2, "\x1b[31mred\x1b[0m\rfake line\x07")
+    publish(job, "log", {"line": "\x9b2J \x7f \u202etxt.exe"})
+    job.succeed()
+    output = run("django_sse_tail", str(job.pk), "--timeout", "10")
+    lines = output.split("\n")
+    assert lines[0] == f"Job {job.pk} 'Ex\\x1b[2Jport\\u202e': succeeded"
+    assert lines[2].endswith(" 1/2 \\x1b[31mred\\x1b[0m\\rfake line\\x07")
+    assert lines[3] == '#3 log {"line":"\\x9b2J \\x7f \\u202etxt.exe"}'
+    assert lines[4:] == ['#4 succeeded {"result":null}', ""]
+    assert all(line.isprintable() for line in lines)

@@ -18,8 +18,10 @@ from django.test import override_settings
 from django_sse.asgi import DirectWriteMiddleware, Message, Sink
 from django_sse.asgi import serve as serve_detached
 from django_sse.direct import DirectWriter
+from django_sse.ending import CloseReason, Guard, StreamClosed
 from django_sse.hub import get_hub
 from django_sse.models import Job
+from django_sse.servers import Connection
 from django_sse.stream import JobStream
 from django_sse.wakeup import Wakeup
 from tests.test_hub import message
@@ -27,6 +29,18 @@ from tests.test_views import apublish_in_thread, open_stream, url
 from tests.utils import StreamClient, plain_application
 
 NO_POLL = {"POLL_SECONDS": 60}
+
+
+async def waiting_live(job_id: Any) -> None:
+    """Wait until a stream of the job has caught up and waits for live events (so that an
+    event published now reaches it live, not through its replay)."""
+    hub = get_hub()
+    for _ in range(500):
+        feed = hub.feeds.get(job_id)
+        if feed is not None and any(s.wakeup.waiting for s in feed.subscribers):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no stream of job {job_id} ever waited for live events")
 
 
 async def writing(job_id: Any, count: int = 1) -> list[DirectWriter]:
@@ -47,13 +61,13 @@ async def writing(job_id: Any, count: int = 1) -> list[DirectWriter]:
 def live_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The seq of every live event that went through the stream's own task."""
     calls: list[int] = []
-    original = JobStream._live_chunk
+    original = JobStream.encode_live
 
-    def counting(self: JobStream, delivery: Any) -> bytes:
-        calls.append(delivery.event.seq)
-        return original(self, delivery)
+    async def counting(self: JobStream, deliveries: list[Any]) -> bytes:
+        calls.extend(delivery.event.seq for delivery in deliveries)
+        return await original(self, deliveries)
 
-    monkeypatch.setattr(JobStream, "_live_chunk", counting)
+    monkeypatch.setattr(JobStream, "encode_live", counting)
     return calls
 
 
@@ -89,7 +103,7 @@ async def test_without_the_middleware_live_events_go_through_django(
     client = StreamClient(url(job.pk), session_key=owner_key, app=plain_application)
     await client.start()
     await client.read_chunk()
-    await asyncio.sleep(0.1)
+    await waiting_live(job.pk)
     feed = get_hub().feeds[job.pk]
     assert [s.writer for s in feed.subscribers] == [None]
     for n in range(3):
@@ -131,7 +145,8 @@ async def test_gap_hands_over_to_the_stream_which_reads_the_database(
     await client.read_chunk()
     (writer,) = await writing(job.pk)
     # The writer only writes the event after its last one: anything else is the stream's job.
-    assert writer.write(5, b"id: 5\n\n", False) is False
+    now = asyncio.get_running_loop().time()
+    assert writer.write(5, b"id: 5\n\n", False, now) is False
     assert writer.active is False
     await apublish_in_thread(job, "step", {"n": 1})
     await client.read_events(1)
@@ -201,12 +216,13 @@ async def test_a_middleware_rewriting_the_body_keeps_streams_on_djangos_path(
     client = StreamClient(url(job.pk), session_key=owner_key, app=app)
     await client.start()
     await client.read_chunk()
-    await asyncio.sleep(0.1)
+    await waiting_live(job.pk)
     for n in range(2):
+        # One at a time: each is a chunk of its own.
         await apublish_in_thread(job, "step", {"n": n})
-    await client.read_events(2)
+        await client.read_events(n + 1)
     assert client.seqs == [1, 2]
-    assert client.body.count(b": rewritten\n") >= 3  # the retry line and each live chunk
+    assert client.body.count(b": rewritten\n") == 3  # the retry line and each live chunk
     assert live_chunks == [1, 2]
     assert "A middleware rewrites the body of event streams" in caplog.text
     await client.disconnect()
@@ -432,12 +448,14 @@ async def test_a_writer_raising_in_the_dispatch_ends_only_its_stream(
     class BrokenWriter(DirectWriter):
         __slots__ = ()
 
-        def write(self, seq: int, chunk: bytes, terminal: bool) -> bool:
+        def write(self, seq: int, chunk: bytes, terminal: bool, now: float) -> bool:
             raise RuntimeError("a bug")
 
     hub = get_hub()
     good, bad = await hub.subscribe(job.pk), await hub.subscribe(job.pk)
-    bad.writer = BrokenWriter(SlowSend(), bad.wakeup)
+    guard = Guard(allowed)
+    guard.start()
+    bad.writer = BrokenWriter(Sink(SlowSend(), never_receive), bad.wakeup, guard)
     bad.writer.active = True
     hub.on_message(message(job, 1))
     assert [d.event.seq for d in good.items or ()] == [1]
@@ -463,7 +481,24 @@ class SlowSend:
             raise self.fail
         if self.blocked:
             await self.release.wait()
+            if self.fail is not None:
+                raise self.fail
         self.bodies.append(message["body"])
+
+
+async def never_receive() -> Message:
+    await asyncio.sleep(3600)
+    return {}
+
+
+async def allowed() -> bool:
+    return True
+
+
+def make_writer(send: Any, wakeup: Wakeup | None = None) -> DirectWriter:
+    guard = Guard(allowed)
+    guard.start()
+    return DirectWriter(Sink(send, never_receive), wakeup or Wakeup(), guard)
 
 
 def in_flight(writer: DirectWriter) -> bool:
@@ -475,13 +510,13 @@ def chunk(seq: int) -> bytes:
 
 
 def write(writer: DirectWriter, seq: int, terminal: bool = False) -> bool:
-    return writer.write(seq, chunk(seq), terminal)
+    return writer.write(seq, chunk(seq), terminal, asyncio.get_running_loop().time())
 
 
 @pytest.mark.asyncio
 async def test_writes_in_order_and_skips_what_was_sent() -> None:
     send = SlowSend()
-    writer = DirectWriter(send, Wakeup())
+    writer = make_writer(send)
     writer.last_seq = 2
     writer.active = True
     assert write(writer, 2) is True  # already sent: skipped
@@ -489,32 +524,109 @@ async def test_writes_in_order_and_skips_what_was_sent() -> None:
     assert write(writer, 4) is True
     assert send.bodies == [chunk(3), chunk(4)]  # written at once, no task
     assert writer.inflight is None
-    assert (writer.last_seq, writer.sent) == (4, 2)
+    assert (writer.last_seq, writer.sent, writer.bytes) == (4, 2, len(chunk(3) + chunk(4)))
 
 
 @pytest.mark.asyncio
-async def test_a_blocked_write_finishes_later_and_joins_what_came_meanwhile() -> None:
+async def test_a_blocked_write_hands_the_next_event_to_the_stream() -> None:
     send = SlowSend()
     wakeup = Wakeup()
-    writer = DirectWriter(send, wakeup)
+    writer = make_writer(send, wakeup)
     writer.active = True
     send.blocked = True
-    write(writer, 1)
-    assert in_flight(writer)
-    write(writer, 2)
-    write(writer, 3)
-    assert send.bodies == []
+    assert write(writer, 1) is True
+    assert writer.inflight is not None
+    # Nothing piles up behind a write in flight: the stream's task takes over (its inbox is
+    # bounded, and it reads from the database what it dropped).
+    assert write(writer, 2) is False
+    assert not writer.active and wakeup.is_set()
+    assert writer.last_seq == 1
     send.blocked = False
     send.release.set()
     await writer.settle()
-    assert send.bodies == [chunk(1), chunk(2) + chunk(3)]
-    assert writer.inflight is None
-    assert not wakeup.is_set()
+    assert send.bodies == [chunk(1)]
+    assert writer.error is None
+    assert in_flight(writer) is False
+
+
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE={"SEND_TIMEOUT_SECONDS": 0.1})
+async def test_a_write_the_client_never_takes_ends_the_stream() -> None:
+    send = SlowSend()
+    writer = make_writer(send)
+    writer.active = True
+    send.blocked = True
+    write(writer, 1)
+    inflight = writer.inflight
+    assert inflight is not None
+    with pytest.raises(StreamClosed) as closed:
+        await writer.settle()
+    assert closed.value.reason is CloseReason.SEND_TIMEOUT
+    assert writer.sink.ended is CloseReason.SEND_TIMEOUT
+    with pytest.raises(asyncio.CancelledError):
+        await inflight
+    assert send.bodies == []
+
+
+@pytest.mark.asyncio
+async def test_a_write_waiting_past_the_authorization_deadline_checks_the_session() -> None:
+    checks: list[str] = []
+
+    async def revoked() -> bool:
+        checks.append("checked")
+        return False
+
+    send = SlowSend()
+    writer = make_writer(send)
+    writer.guard = Guard(revoked)
+    writer.guard.until = asyncio.get_running_loop().time() + 0.05
+    writer.sink.guard = writer.guard
+    writer.active = True
+    send.blocked = True
+    write(writer, 1)
+    with pytest.raises(StreamClosed) as closed:
+        await asyncio.wait_for(writer.settle(), 5)
+    assert closed.value.reason is CloseReason.REVOKED and checks == ["checked"]
+
+
+@pytest.mark.asyncio
+async def test_no_direct_write_once_the_authorization_is_stale() -> None:
+    wakeup = Wakeup()
+    send = SlowSend()
+    writer = make_writer(send, wakeup)
+    writer.active = True
+    writer.guard.until = asyncio.get_running_loop().time() - 0.001
+    assert write(writer, 1) is False
+    assert send.bodies == [] and wakeup.is_set() and not writer.active
+
+
+@pytest.mark.asyncio
+async def test_no_direct_write_past_the_byte_allowance() -> None:
+    send = SlowSend()
+    writer = make_writer(send)
+    writer.active = True
+    writer.allowance = len(chunk(1)) + 1
+    assert write(writer, 1) is True
+    assert write(writer, 2) is False
+    assert send.bodies == [chunk(1)]
+
+
+@pytest.mark.asyncio
+async def test_no_direct_write_while_the_server_holds_enough() -> None:
+    class Paused(Connection):
+        paused = True
+
+    send = SlowSend()
+    writer = make_writer(send)
+    writer.sink.connection = Paused()
+    writer.active = True
+    assert write(writer, 1) is False
+    assert send.bodies == []
 
 
 @pytest.mark.asyncio
 async def test_a_gap_hands_over() -> None:
-    writer = DirectWriter(SlowSend(), Wakeup())
+    writer = make_writer(SlowSend())
     writer.active = True
     assert write(writer, 2) is False
     assert writer.active is False
@@ -524,7 +636,7 @@ async def test_a_gap_hands_over() -> None:
 @pytest.mark.asyncio
 async def test_a_terminal_event_wakes_the_stream() -> None:
     wakeup = Wakeup()
-    writer = DirectWriter(SlowSend(), wakeup)
+    writer = make_writer(SlowSend(), wakeup)
     writer.active = True
     write(writer, 1, terminal=True)
     assert writer.finished and not writer.active and wakeup.is_set()
@@ -535,7 +647,7 @@ async def test_a_failing_write_wakes_the_stream_with_the_error() -> None:
     send = SlowSend()
     send.fail = OSError("gone")
     wakeup = Wakeup()
-    writer = DirectWriter(send, wakeup)
+    writer = make_writer(send, wakeup)
     writer.active = True
     write(writer, 1)
     assert isinstance(writer.error, OSError)
@@ -546,23 +658,20 @@ async def test_a_failing_write_wakes_the_stream_with_the_error() -> None:
 async def test_a_write_failing_after_blocking_wakes_the_stream() -> None:
     send = SlowSend()
     wakeup = Wakeup()
-    writer = DirectWriter(send, wakeup)
+    writer = make_writer(send, wakeup)
     writer.active = True
     send.blocked = True
     write(writer, 1)
-    write(writer, 2)
     send.fail = OSError("gone")
     send.blocked = False
     send.release.set()
     await writer.settle()
-    # The first write went through; the joined second one failed.
-    assert send.bodies == [chunk(1)]
     assert isinstance(writer.error, OSError) and wakeup.is_set()
-    assert writer.pending == []
+    assert writer.inflight is None
 
 
 @pytest.mark.asyncio
-async def test_a_send_returning_another_awaitable_is_awaited_in_order() -> None:
+async def test_a_send_returning_another_awaitable_is_awaited() -> None:
     """ASGI promises an awaitable, not a coroutine (some servers return their own)."""
     loop = asyncio.get_running_loop()
     futures: list[asyncio.Future[None]] = []
@@ -574,19 +683,14 @@ async def test_a_send_returning_another_awaitable_is_awaited_in_order() -> None:
         return futures[-1]
 
     wakeup = Wakeup()
-    writer = DirectWriter(send, wakeup)
+    writer = make_writer(send, wakeup)
     writer.active = True
     write(writer, 1)
-    write(writer, 2)
-    write(writer, 3)
-    assert bodies == [chunk(1)]  # the others wait for the first write
+    assert write(writer, 2) is False  # waits for the first write: the stream's task takes it
+    assert bodies == [chunk(1)]
     futures[0].set_result(None)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert bodies == [chunk(1), chunk(2) + chunk(3)]
-    futures[1].set_result(None)
     await writer.settle()
-    assert writer.error is None and not wakeup.is_set()
+    assert writer.error is None and writer.inflight is None
 
 
 @pytest.mark.asyncio
@@ -595,7 +699,7 @@ async def test_a_send_raising_when_called_ends_only_that_stream() -> None:
         raise RuntimeError("protocol error")
 
     wakeup = Wakeup()
-    writer = DirectWriter(send, wakeup)
+    writer = make_writer(send, wakeup)
     writer.active = True
     assert write(writer, 1) is True
     assert isinstance(writer.error, RuntimeError)
@@ -605,7 +709,7 @@ async def test_a_send_raising_when_called_ends_only_that_stream() -> None:
 @pytest.mark.asyncio
 async def test_cancel_stops_a_blocked_write() -> None:
     send = SlowSend()
-    writer = DirectWriter(send, Wakeup())
+    writer = make_writer(send)
     writer.active = True
     send.blocked = True
     write(writer, 1)

@@ -111,13 +111,87 @@ async def test_a_gap_is_read_from_the_database_once_for_all(
     assert reads == 1
 
 
-async def test_malformed_layer_message_is_ignored(
-    hub_cleanup: None, caplog: pytest.LogCaptureFixture
+SECRET = "s3cret-event-data"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": "django_sse.event", "job": "zz", "seq": "x"},
+        # Each of these would have reached encode_event() and broken the stream (or the
+        # hub's receive loop, for every job of the process).
+        {"type": "django_sse.event", "job": "", "seq": 1, "event": "a\nb", "data": SECRET},
+        {"type": "django_sse.event", "job": "", "seq": 1, "event": "step", "data": f"{SECRET}\n"},
+        {"type": "django_sse.event", "job": "", "seq": 2**63, "event": "step", "data": SECRET},
+        {"type": "django_sse.event", "job": "", "seq": True, "event": "step", "data": SECRET},
+        {"type": "django_sse.event", "job": "", "seq": 1, "event": "step", "data": [SECRET]},
+        [SECRET],
+    ],
+)
+async def test_malformed_layer_message_is_ignored_and_logged_by_its_shape(
+    hub_cleanup: None, caplog: pytest.LogCaptureFixture, bad: Any
 ) -> None:
+    job = await Job.objects.acreate()
     hub = get_hub()
+    subscriber = await hub.subscribe(job.pk)
+    if isinstance(bad, dict) and bad["job"] == "":
+        bad["job"] = job.pk.hex
     with caplog.at_level(logging.WARNING, "django_sse"):
-        hub.on_message({"type": "django_sse.event", "job": "zz", "seq": "x"})
+        hub.on_message(bad)
     assert "Ignored a malformed channel-layer message" in caplog.text
+    assert SECRET not in caplog.text  # its shape, never its data
+    assert items(subscriber) == []
+    # The job's next real event still arrives.
+    await sync_to_async(publish)(job, "step")
+    assert await next_items(subscriber, 1) == [1]
+
+
+@override_settings(DJANGO_SSE={"POLL_SECONDS": 60})
+async def test_the_receive_loop_survives_a_message_it_cannot_handle(
+    hub_cleanup: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await Job.objects.acreate()
+    hub = get_hub()
+    subscriber = await hub.subscribe(job.pk)
+    original = hub.on_message
+    calls = 0
+
+    def first_one_breaks(message: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        original(message)
+
+    monkeypatch.setattr(hub, "on_message", first_one_breaks)
+    with caplog.at_level(logging.ERROR, "django_sse"):
+        for _ in range(2):
+            await sync_to_async(publish)(job, "step")
+        # The first message was lost to the bug; the second makes the hub read the gap.
+        assert await next_items(subscriber, 2) == [1, 2]
+    assert "Handling a channel-layer message failed." in caplog.text
+
+
+@override_settings(DJANGO_SSE={"POLL_SECONDS": 60, "MAX_BUFFERED_BYTES": 4 * 100})
+async def test_an_inbox_over_its_budget_keeps_only_where_to_read_up_to(hub_cleanup: None) -> None:
+    job = await Job.objects.acreate()
+    hub = get_hub()
+    slow, other = await hub.subscribe(job.pk), await hub.subscribe(job.pk)
+    assert slow.budget.limit == 100
+    hub.on_message(message(job, 1))  # 28 bytes
+    hub.on_message(message(job, 2))
+    hub.on_message(message(job, 3))
+    assert [d.event.seq for d in items(slow)] == [1, 2, 3]
+    assert slow.budget.used == 3 * len(items(slow)[0].chunk)
+    assert other.take() and other.budget.used == 0
+    hub.on_message(message(job, 4))  # over 100 bytes: the inbox lets go of its events
+    assert items(slow) == [] and slow.budget.used == 0
+    assert slow.behind == 4 and slow.wakeup.is_set()
+    hub.on_message(message(job, 5))
+    assert items(slow) == [] and slow.behind == 5
+    assert slow.take_behind() == 5 and slow.behind == 0
+    # The other stream kept up: its inbox has what came since it drained.
+    assert [d.event.seq for d in other.take()] == [4, 5]
 
 
 async def test_poll_finds_events_no_message_announced(

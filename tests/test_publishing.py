@@ -25,6 +25,7 @@ from django_sse.exceptions import (
     InvalidEventType,
     JobFinished,
 )
+from django_sse.identity import hash_session_key
 from django_sse.models import ACTIVE_STATUSES, FINISHED_STATUSES, Job, JobEvent, JobStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -115,6 +116,11 @@ def test_bad_event_type_is_refused_and_nothing_stored(job: Job, bad: object) -> 
         publish(job, bad, {})  # type: ignore[arg-type]
     assert repr(bad) in str(info.value)
     assert stored(job) == []
+
+
+def test_the_unchecked_writer_is_private_so_every_public_write_is_checked() -> None:
+    assert set(publishing.__all__) == {"apublish", "encode_data", "publish"}
+    assert not hasattr(publishing, "record")
 
 
 def test_event_type_of_64_safe_characters_is_fine(job: Job) -> None:
@@ -366,7 +372,7 @@ def test_several_events_go_in_with_one_insert(write_path: str, job: Job) -> None
         job.set_progress(1, 10)
         job.set_progress(2, 10)  # pending
         with CaptureQueriesContext(connection) as queries:
-            events = publishing.record(job, [publishing.Entry("note", {"a": 1})])
+            events = publishing._record(job, [publishing.Entry("note", {"a": 1})])
     inserts = [s for s in statements(queries) if s.startswith(("WITH", "INSERT"))]
     assert len(inserts) == (2 if write_path == "orm" else 1)
     assert [(e.seq, e.type, e.data) for e in events] == [
@@ -384,7 +390,7 @@ def test_several_events_go_in_with_one_insert(write_path: str, job: Job) -> None
 def test_several_events_without_data(write_path: str, job: Job) -> None:
     # (On PostgreSQL, rows of NULLs only once made an INSERT ... SELECT of text.)
     entries = [publishing.Entry("a", None), publishing.Entry("b", None), publishing.Entry("c", [])]
-    events = publishing.record(job, entries)
+    events = publishing._record(job, entries)
     assert [(e.seq, e.data) for e in events] == [(1, None), (2, None), (3, [])]
     assert list(JobEvent.objects.filter(job=job).values_list("seq", "data")) == [
         (1, None),
@@ -417,15 +423,15 @@ def test_progress_makes_a_pending_job_run_but_not_a_finished_one(write_path: str
     assert job.status == "running"
     job.cancel()
     with pytest.raises(JobFinished):
-        publishing.record(job, [publishing.progress_entry(publishing.make_progress(2, None, ""))])
+        publishing._record(job, [publishing.progress_entry(publishing.make_progress(2, None, ""))])
     job.refresh_from_db()
     assert (job.status, job.current) == ("cancelled", 1)
 
 
 def test_updates_with_an_expression_take_the_orm_path(job: Job) -> None:
     entry = publishing.Entry("bump", {}, {"current": F("current") + 5})
-    publishing.record(job, [entry])
-    publishing.record(job, [entry])
+    publishing._record(job, [entry])
+    publishing._record(job, [entry])
     job.refresh_from_db()
     assert (job.current, job.last_seq) == (10, 2)
     assert stored(job) == [(1, "bump"), (2, "bump")]
@@ -510,7 +516,7 @@ def _request_with_session(user: Any) -> Any:
 def test_create_for_request_of_a_user(user: User) -> None:
     request = _request_with_session(user)
     job = Job.objects.create_for_request(request, name="Export")
-    assert (job.owner, job.session_key, job.name) == (user, "", "Export")
+    assert (job.owner, job.session_hash, job.name) == (user, "", "Export")
 
 
 def test_create_for_request_of_an_anonymous_visitor_makes_a_session(db: None) -> None:
@@ -518,5 +524,18 @@ def test_create_for_request_of_an_anonymous_visitor_makes_a_session(db: None) ->
     assert request.session.session_key is None
     job = Job.objects.create_for_request(request)
     assert job.owner is None
-    assert job.session_key
-    assert job.session_key == request.session.session_key
+    key: str = getattr(request.session, "session_key", "")
+    assert key
+    # A keyed hash of the key, never the key itself (whoever reads it could take the session).
+    assert key not in job.session_hash
+    assert job.session_hash == hash_session_key(key)
+    assert list(Job.objects.for_session_key(key)) == [job]
+    assert list(Job.objects.for_request(request)) == [job]
+    assert not Job.objects.for_session_key("another-key").exists()
+
+
+@override_settings(SECRET_KEY="rotated", SECRET_KEY_FALLBACKS=["django_sse-tests"])
+def test_anonymous_jobs_stay_the_sessions_after_a_secret_key_rotation(db: None) -> None:
+    with override_settings(SECRET_KEY="django_sse-tests", SECRET_KEY_FALLBACKS=[]):
+        job = Job.objects.create(session_hash=hash_session_key("the-key"))
+    assert list(Job.objects.for_session_key("the-key")) == [job]

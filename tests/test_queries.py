@@ -177,3 +177,44 @@ def test_a_full_page_is_one_query(job: Job) -> None:
     with CaptureQueriesContext(connection) as captured:
         assert seqs(job, 8, limit=5) == [9, 10]
     assert len(captured.captured_queries) == 2
+
+
+def test_a_page_stops_at_its_byte_limit(read_path: str, job: Job) -> None:
+    for _ in range(6):
+        publish(job, "big", "x" * 1000)  # 1,002 bytes of JSON each
+    page = queries.fetch_page(job.pk, 0, limit=100, max_bytes=2500)
+    # Two whole events fit, the third would go past the limit: the database cuts the page,
+    # and says more follow.
+    assert [e.seq for e in page.events] == [1, 2]
+    assert page.more
+    page = queries.fetch_page(job.pk, 2, limit=100, max_bytes=2500)
+    assert [e.seq for e in page.events] == [3, 4]
+    assert [e.seq for e in queries.fetch_page(job.pk, 4, limit=100, max_bytes=2500).events] == [
+        5,
+        6,
+    ]
+    last = queries.fetch_page(job.pk, 6, limit=100, max_bytes=2500)
+    assert last == queries.Page([], False)
+
+
+def test_a_page_always_holds_the_next_event_whatever_its_size(read_path: str, job: Job) -> None:
+    publish(job, "big", "x" * 5000)
+    publish(job, "small", 1)
+    page = queries.fetch_page(job.pk, 0, limit=100, max_bytes=100)
+    assert [e.seq for e in page.events] == [1]
+    assert page.more
+
+
+def test_events_without_data_count_as_nothing(read_path: str, job: Job) -> None:
+    for _ in range(5):
+        publish(job, "empty", None)
+    page = queries.fetch_page(job.pk, 0, limit=100, max_bytes=10)
+    assert [e.seq for e in page.events] == [1, 2, 3, 4, 5]
+    assert not page.more
+
+
+def test_a_full_page_says_more_may_follow(read_path: str, job: Job) -> None:
+    for n in range(4):
+        publish(job, "step", n)
+    assert queries.fetch_page(job.pk, 0, limit=2).more
+    assert not queries.fetch_page(job.pk, 2, limit=3).more

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncGenerator
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from django.db import DatabaseError
 from django.test import override_settings
 
 from django_sse import stream as stream_module
-from django_sse.queries import StoredEvent
+from django_sse.admission import Ticket
+from django_sse.identity import Identity
+from django_sse.queries import Page, StoredEvent
 from django_sse.sse import encode_event
 from django_sse.stream import JobStream
 from django_sse.validation import TERMINAL_TYPES
@@ -23,8 +24,8 @@ JOB_ID = uuid.uuid4()
 
 
 def make_stream(resume_from: int = 0) -> JobStream:
-    access = SimpleNamespace(job=SimpleNamespace(pk=JOB_ID), user=None, session_key=None)
-    return JobStream(None, access, resume_from)  # type: ignore[arg-type]
+    access = SimpleNamespace(job=SimpleNamespace(pk=JOB_ID), user=None, identity=Identity(1, None))
+    return JobStream(None, access, resume_from, Ticket(None, "test"))  # type: ignore[arg-type]
 
 
 def one_by_one(events: list[StoredEvent], after: int) -> tuple[bytes, int, int, bool]:
@@ -64,7 +65,7 @@ def test_a_page_is_what_encode_event_makes_of_each_event(
     expected, last_seq, sent, finished = one_by_one(page, resume_from)
     assert chunk == expected
     assert (stream.last_seq, stream.sent) == (last_seq, sent)
-    assert (stream.reason == "job finished") == finished
+    assert stream.finished == finished
 
 
 @pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\x00b"])
@@ -77,7 +78,7 @@ def test_an_event_type_that_would_break_the_stream_is_refused(bad: str) -> None:
 
 
 class FakeStore:
-    """``fetch_events`` over ``count`` events, run on the stream database thread as usual."""
+    """``fetch_page`` over ``count`` events, run on the stream database thread as usual."""
 
     def __init__(self, count: int, terminal_at: int | None = None) -> None:
         self.count = count
@@ -86,9 +87,9 @@ class FakeStore:
         self.gate: dict[int, threading.Event] = {}  # call number -> released when set
         self.fail_on: int | None = None
 
-    def fetch_events(
+    def fetch_page(
         self, job_id: uuid.UUID, after: int, *, upto: int | None = None, limit: int = 500
-    ) -> list[StoredEvent]:
+    ) -> Page:
         self.calls.append((after, upto))
         number = len(self.calls)
         if number in self.gate:
@@ -96,16 +97,17 @@ class FakeStore:
         if number == self.fail_on:
             raise DatabaseError("connection lost")
         end = self.count if upto is None else min(upto, self.count)
-        return [
+        events = [
             StoredEvent(seq, "succeeded" if seq == self.terminal_at else "step", str(seq))
             for seq in range(after + 1, min(end, after + limit) + 1)
         ]
+        return Page(events, len(events) == limit)
 
 
 @pytest.fixture
 def store(monkeypatch: pytest.MonkeyPatch) -> FakeStore:
     fake = FakeStore(7)
-    monkeypatch.setattr(stream_module, "fetch_events", fake.fetch_events)
+    monkeypatch.setattr(stream_module, "fetch_page", fake.fetch_page)
     return fake
 
 
@@ -156,7 +158,7 @@ async def test_a_terminal_event_ends_the_replay(store: FakeStore) -> None:
     store.terminal_at = 2
     stream = make_stream()
     assert [ids(chunk) async for chunk in stream._read()] == [[1, 2]]
-    assert stream.reason == "job finished"
+    assert stream.finished
     # The page read ahead is dropped; nothing more goes out.
     assert [chunk async for chunk in stream._read()] == []
 
@@ -166,7 +168,7 @@ async def test_a_terminal_event_ends_the_replay(store: FakeStore) -> None:
 async def test_a_stream_closed_mid_replay_drops_the_page_read_ahead(store: FakeStore) -> None:
     release = threading.Event()
     store.gate[2] = release
-    reader = cast(AsyncGenerator[bytes, None], make_stream()._read())
+    reader = make_stream()._read()
     assert ids(await reader.__anext__()) == [1, 2, 3]
     await wait_for(lambda: len(store.calls) == 2)
     await reader.aclose()  # the client went away while page 2 was being read

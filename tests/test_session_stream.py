@@ -16,6 +16,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from django_sse import publish
+from django_sse.identity import hash_session_key
 from django_sse.models import Job
 from django_sse.resume import base36
 from tests.utils import StreamClient, make_session
@@ -135,8 +136,8 @@ async def test_resume_across_jobs_without_loss_or_duplicate(
 async def test_anonymous_session_sees_its_own_jobs(hub_cleanup: None) -> None:
     key = await sync_to_async(make_session)()
     other_key = await sync_to_async(make_session)()
-    mine = await Job.objects.acreate(session_key=key)
-    theirs = await Job.objects.acreate(session_key=other_key)
+    mine = await Job.objects.acreate(session_hash=hash_session_key(key))
+    theirs = await Job.objects.acreate(session_hash=hash_session_key(other_key))
     await pub(mine)
     await pub(theirs)
     client = StreamClient(URL, session_key=key)

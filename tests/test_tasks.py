@@ -9,7 +9,12 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
 from django_sse import publish
-from django_sse.exceptions import CancelRequested, InvalidEventType
+from django_sse.exceptions import (
+    CancelRequested,
+    EventDataNotSerializable,
+    EventDataTooLarge,
+    InvalidEventType,
+)
 from django_sse.models import Job, JobEvent
 from django_sse.tasks import tracks_job
 
@@ -121,6 +126,68 @@ def test_async_function() -> None:
     job.refresh_from_db()
     assert job.status == "succeeded"
     assert job.result == 4
+
+
+@tracks_job(error_message="The report could not be saved.")
+def huge_result(job: Job) -> str:
+    return "s3cret" * 100
+
+
+@tracks_job(error_message="The report could not be saved.", reraise=False)
+def object_result(job: Job) -> object:
+    return object()
+
+
+@tracks_job(error_message="The report could not be saved.")
+async def async_huge_result(job: Job) -> str:
+    return "s3cret" * 100
+
+
+def assert_failed_safely(job: Job, caplog: pytest.LogCaptureFixture, reason: str) -> None:
+    job.refresh_from_db()
+    assert (job.status, job.error, job.result) == ("failed", "The report could not be saved.", None)
+    assert types(job) == ["started", "failed"]
+    assert f"Job {job.pk} failed: its result cannot be stored. {reason}" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+@override_settings(DJANGO_SSE={"MAX_DATA_BYTES": 100})
+def test_result_too_large_fails_the_job_and_reaches_the_task_framework(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = Job.objects.create()
+    with caplog.at_level(logging.ERROR, "django_sse"), pytest.raises(EventDataTooLarge):
+        huge_result(job)
+    assert_failed_safely(job, caplog, "EventDataTooLarge: Event data is 602 bytes")
+
+
+def test_result_not_json_fails_the_job_and_without_reraise_returns_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = Job.objects.create()
+    with caplog.at_level(logging.ERROR, "django_sse"):
+        assert object_result(job) is None
+    assert_failed_safely(job, caplog, "EventDataNotSerializable: ")
+
+
+@override_settings(DJANGO_SSE={"MAX_DATA_BYTES": 100})
+def test_async_result_too_large_fails_the_job(caplog: pytest.LogCaptureFixture) -> None:
+    job = Job.objects.create()
+    with caplog.at_level(logging.ERROR, "django_sse"), pytest.raises(EventDataTooLarge):
+        async_to_sync(async_huge_result)(job)
+    assert_failed_safely(job, caplog, "EventDataTooLarge: ")
+
+
+def test_result_not_json_is_raised_by_default() -> None:
+    @tracks_job
+    def set_result(job: Job) -> set[int]:
+        return {1, 2}
+
+    job = Job.objects.create()
+    with pytest.raises(EventDataNotSerializable):
+        set_result(job)
+    job.refresh_from_db()
+    assert (job.status, job.error) == ("failed", "The job failed.")
 
 
 def test_function_that_ends_the_job_itself() -> None:

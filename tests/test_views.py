@@ -19,6 +19,7 @@ from django_sse import publish
 from django_sse.delivery import push_event
 from django_sse.groups import job_group
 from django_sse.hub import get_hub
+from django_sse.identity import hash_session_key
 from django_sse.models import Job, JobEvent
 from tests.layers import group_size
 from tests.utils import StreamClient, make_session
@@ -299,7 +300,7 @@ async def test_authorization_matrix(hub_cleanup: None, job: Job, owner_key: str)
     other_key = await sync_to_async(make_session)(other)
     anonymous_key = await sync_to_async(make_session)()
     second_anonymous_key = await sync_to_async(make_session)()
-    anonymous_job = await Job.objects.acreate(session_key=anonymous_key)
+    anonymous_job = await Job.objects.acreate(session_hash=hash_session_key(anonymous_key))
 
     assert (await _status(job.pk, owner_key))[0] == 200
     assert (await _status(anonymous_job.pk, anonymous_key))[0] == 200
@@ -323,7 +324,7 @@ async def test_authorization_matrix(hub_cleanup: None, job: Job, owner_key: str)
 
 async def test_deleted_session_owns_no_anonymous_job(hub_cleanup: None) -> None:
     key = await sync_to_async(make_session)()
-    job = await Job.objects.acreate(session_key=key)
+    job = await Job.objects.acreate(session_hash=hash_session_key(key))
     await Session.objects.filter(session_key=key).adelete()
     assert (await _status(job.pk, key))[0] == 404
 
@@ -346,8 +347,23 @@ async def test_refusals_are_logged(
     with caplog.at_level(logging.INFO, logger="django_sse"):
         await _status(job.pk, None)
         await _status("nope", None)
-    assert f"Stream refused: job={job.pk} user=anonymous reason=not allowed" in caplog.text
-    assert "Stream refused: job=nope user=- reason=malformed id" in caplog.text
+    assert f"Stream refused: job='{job.pk}' user=anonymous reason=not allowed" in caplog.text
+    assert "Stream refused: job='nope' user=- reason=malformed id" in caplog.text
+
+
+async def test_a_job_id_cannot_forge_a_log_line(
+    hub_cleanup: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a server hands Django for GET /sse/jobs/x%0A2026-12-01%2023:59:59,000%20ERROR...:
+    # the path, percent-decoded.
+    forged = "2026-12-01 23:59:59,000 ERROR django_sse forged"
+    client = StreamClient(url("x"), path=f"/sse/jobs/x\n{forged}/events/")
+    with caplog.at_level(logging.INFO, logger="django_sse"):
+        assert await client.start() == 404
+    messages = [r.getMessage() for r in caplog.records if r.name == "django_sse"]
+    expected = "Stream refused: job='x\\n2026-12-01 23:59:59,000 ERROR django_s' user=- "
+    assert messages == [expected + "reason=malformed id"]
+    assert "\n" not in messages[0]
 
 
 @override_settings(DJANGO_SSE={"HEARTBEAT_SECONDS": 0.2})
@@ -517,7 +533,7 @@ async def test_database_failure_during_replay_ends_the_stream_after_retry(
     def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr("django_sse.stream.fetch_events", unreachable)
+    monkeypatch.setattr("django_sse.stream.fetch_page", unreachable)
     client = await open_stream(job.pk, owner_key)
     assert client.status == 200
     assert await client.read_to_end() == b"retry: 3000\n\n"

@@ -46,7 +46,10 @@ class StreamClient:
         headers: dict[str, str] | None = None,
         method: str = "GET",
         app: Any = None,
+        path: str | None = None,
     ) -> None:
+        """``path``: the scope's (percent-decoded) path as a server would give it, when it
+        holds what ``urlsplit`` would drop (a line break)."""
         parts = urlsplit(url)
         raw_headers = [(b"host", b"testserver"), (b"accept", b"text/event-stream")]
         raw_headers.append((b"accept-encoding", b"gzip, deflate"))
@@ -62,7 +65,7 @@ class StreamClient:
             "http_version": "1.1",
             "method": method,
             "scheme": "http",
-            "path": parts.path,
+            "path": parts.path if path is None else path,
             "raw_path": parts.path.encode(),
             "query_string": parts.query.encode(),
             "root_path": "",

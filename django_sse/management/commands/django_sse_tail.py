@@ -1,4 +1,10 @@
-"""Print a job's events as they are recorded, with a progress bar (for debugging)."""
+"""Print a job's events as they are recorded, with a progress bar (for debugging).
+
+Every line goes through ``escape_controls``: event data, progress messages and job names come
+from tasks and, through them, from users, and a raw ESC, C1 control, carriage return or bidi
+override would let them move the cursor, retitle or clear the operator's terminal, or make a
+line read as something else.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,15 @@ from django_sse.queries import fetch_events
 from django_sse.validation import TERMINAL_TYPES
 
 BAR_WIDTH = 30
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every character ``repr()`` would escape (controls, DEL, C1 controls,
+    format characters such as bidi overrides, separators but the space) written as its escape
+    (``\\x1b``, ``\\u202e``), so that it shows on a terminal and cannot drive it."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def progress_bar(data: Any) -> str:
@@ -47,7 +62,7 @@ class Command(BaseCommand):
             job = Job.objects.get(pk=uuid.UUID(options["job_id"]))
         except (ValueError, Job.DoesNotExist):
             raise CommandError(f"No job {options['job_id']!r}.") from None
-        self.stdout.write(f"Job {job.pk} {job.name!r}: {job.status}")
+        self.stdout.write(escape_controls(f"Job {job.pk} {job.name!r}: {job.status}"))
         last = options["after"]
         deadline = None if options["timeout"] is None else time.monotonic() + options["timeout"]
         try:
@@ -60,7 +75,7 @@ class Command(BaseCommand):
                         line += " " + progress_bar(json.loads(event.data))
                     elif event.data not in ("null", "{}"):
                         line += f" {event.data}"
-                    self.stdout.write(line)
+                    self.stdout.write(escape_controls(line))
                     if event.type in TERMINAL_TYPES:
                         return
                 if not events:

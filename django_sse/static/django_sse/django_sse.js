@@ -752,6 +752,18 @@
     return match ? decodeURIComponent(match[1]) : "";
   }
 
+  // The cancel request carries the CSRF token, so it only ever goes to the page's own origin,
+  // whatever the attribute says. The URL resolved against the page, or null.
+  function sameOriginUrl(url, page = root.location) {
+    let resolved;
+    try {
+      resolved = new URL(url, page.href);
+    } catch (error) {
+      return null;
+    }
+    return resolved.origin === page.origin ? resolved.href : null;
+  }
+
   function wireCancel(element, labels) {
     for (const button of parts(element, "cancel")) {
       const url = button.getAttribute("data-django-sse-cancel-url");
@@ -761,9 +773,18 @@
       button.setAttribute("data-django-sse-wired", "");
       button.addEventListener("click", async (event) => {
         event.preventDefault();
+        const target = sameOriginUrl(url);
+        if (target === null) {
+          console.error(
+            "DjangoSSE: not sent, data-django-sse-cancel-url is not of this page's origin:",
+            button
+          );
+          setText(element, "error", labels.cancel_failed);
+          return;
+        }
         button.disabled = true;
         try {
-          const response = await fetch(url, {
+          const response = await fetch(target, {
             method: "POST",
             credentials: "same-origin",
             headers: { "X-CSRFToken": csrfToken(), Accept: "application/json" },
@@ -931,6 +952,7 @@
     bind,
     LIFECYCLE_TYPES: Object.freeze(LIFECYCLE_TYPES),
     TERMINAL_TYPES: Object.freeze([...TERMINAL_TYPES]),
+    _sameOriginUrl: sameOriginUrl, // for the tests
   });
 
   // Bind what the page holds once it is parsed ("defer" scripts run just before that).
