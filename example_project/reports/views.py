@@ -30,12 +30,7 @@ FAILING_STEP = 12
 def visible_jobs(request: HttpRequest) -> JobQuerySet:
     """The visitor's jobs: the user's, or for an anonymous visitor the session's. The same
     rule as the stream's, so a page never links to a stream that would answer 404."""
-    if request.user.is_authenticated:
-        return Job.objects.filter(owner=request.user)
-    session_key = request.session.session_key
-    if not session_key:
-        return Job.objects.none()
-    return Job.objects.filter(owner__isnull=True, session_key=session_key)
+    return Job.objects.for_request(request)
 
 
 @require_safe
