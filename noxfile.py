@@ -9,9 +9,11 @@ every other supported Python.
 
 Each ``tests`` session runs the suite three times: SQLite + in-memory layer, PostgreSQL + Redis
 core layer, PostgreSQL + Redis pub/sub layer (tests marked ``pgredis`` always use PostgreSQL and
-Redis, so they run in the last two only). DATABASE_URL and REDIS_URL name the services (default:
-postgres://postgres@127.0.0.1:5432/test and redis://127.0.0.1:6379/0). A service that cannot be
-reached skips its runs with a message naming it, except under CI=true, where it fails.
+Redis, so they run in the last two only). The abuse suite (``abuse``) and the network-namespace
+suite (``netns``) run in one cell each (``ONCE_ONLY``). DATABASE_URL and REDIS_URL name the
+services (default: postgres://postgres@127.0.0.1:5432/test and redis://127.0.0.1:6379/0). A
+service that cannot be reached skips its runs with a message naming it, except under CI=true,
+where it fails.
 """
 
 from __future__ import annotations
@@ -70,13 +72,28 @@ def docs(session: nox.Session) -> None:
     )
 
 
+# The live abuse suite (Daphne and uvicorn under attack) and the network-namespace suite run
+# once each, in the cells where they matter: the abuse suite on PostgreSQL + Redis pub/sub (the
+# production topology), the namespace suite on SQLite (a server inside a namespace reaches no
+# service). Both are left out of every other cell.
+ONCE_ONLY = {"abuse": ("3.11", "pubsub"), "netns": ("3.11", "sqlite")}
+
+
+def markers(python: str, cell: str, base: str = "") -> str:
+    """The ``-m`` expression of one pytest run of the ``tests`` session."""
+    parts = [base] if base else []
+    parts += [f"not {m}" for m, (py, where) in ONCE_ONLY.items() if (py, where) != (python, cell)]
+    return " and ".join(parts)
+
+
 @nox.session(python=list(FULL))
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test,example]", FULL[str(session.python)])
     session.run("python", "-c", "import django; print('Django', django.get_version())")
     args = session.posargs or ["-p", "no:cacheprovider"]
+    python = str(session.python)
     no_services = {"DATABASE_URL": "", "REDIS_URL": "", "REDIS_LAYER": ""}
-    session.run("pytest", *args, "-m", "not pgredis", env=no_services)
+    session.run("pytest", *args, "-m", markers(python, "sqlite", "not pgredis"), env=no_services)
 
     missing = [
         name
@@ -91,7 +108,7 @@ def tests(session: nox.Session) -> None:
         return
     for layer in ("core", "pubsub"):
         env = {"DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "REDIS_LAYER": layer}
-        session.run("pytest", *args, env=env)
+        session.run("pytest", *args, "-m", markers(python, layer), env=env)
 
 
 @nox.session(python=False)

@@ -150,7 +150,11 @@ async def serve(sink: Sink) -> None:
         if not sink.aborted:
             await sink.raw({"type": "http.response.body", "body": b"", "more_body": False})
     except StreamClosed:
-        pass  # the sink dropped the connection; the stream logs why when it closes
+        # The sink dropped the connection (the stream logs why when it closes). One turn of
+        # the loop lets the server see it first (asyncio calls connection_lost() soon after an
+        # abort): a server that finds the application done before its connection is gone
+        # logs an unfinished response as an error (uvicorn).
+        await asyncio.sleep(0)
     except Exception as exc:
         # The server (or a middleware around ours) failed to send: nobody to tell.
         logger.warning("Sending a stream failed (%r); ending it.", exc)

@@ -11,6 +11,11 @@
     Publish a job from this separate process: ``job.start()``, N ``step`` events (with their
     publish time in the data), ``job.succeed()``. After each event is committed, print one JSON
     line ``{"seq": ..., "type": ..., "t": <time.time() after commit>}``.
+
+``python -m tests.e2e_tool history JOB_ID --events N --data-bytes B [--finish]``
+    Store a long history at once (``bulk_create``, nothing sent to streams): ``started``, N
+    ``step`` events whose data holds B padding characters, and with ``--finish`` a
+    ``succeeded`` event; the job is left running, or succeeded. Print ``{"last_seq": ...}``.
 """
 
 from __future__ import annotations
@@ -89,6 +94,36 @@ def publish_job(job_id: str, steps: int, interval: float) -> None:
     _report(job.succeed({"steps": steps, "t": time.time()}))
 
 
+def store_history(job_id: str, events: int, data_bytes: int, finish: bool) -> dict[str, Any]:
+    from django.db import transaction
+    from django.utils import timezone
+
+    from django_sse.models import Job, JobEvent, JobStatus
+
+    pad = "x" * data_bytes
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        assert job.last_seq == 0, f"job {job_id} already has events"
+        rows = [JobEvent(job=job, seq=1, type="started", data={})]
+        rows += [
+            JobEvent(job=job, seq=i + 2, type="step", data={"i": i, "pad": pad})
+            for i in range(events)
+        ]
+        job.status = JobStatus.RUNNING
+        if finish:
+            result = {"steps": events}
+            rows.append(
+                JobEvent(job=job, seq=len(rows) + 1, type="succeeded", data={"result": result})
+            )
+            job.status = JobStatus.SUCCEEDED
+            job.result = result
+            job.finished_at = timezone.now()
+        JobEvent.objects.bulk_create(rows, batch_size=500)
+        job.last_seq = len(rows)
+        job.save(update_fields=["last_seq", "status", "result", "finished_at", "updated_at"])
+    return {"last_seq": job.last_seq}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tests.e2e_tool")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     publish_cmd.add_argument("job_id")
     publish_cmd.add_argument("--steps", type=int, default=5)
     publish_cmd.add_argument("--interval", type=float, default=0.1)
+    history_cmd = commands.add_parser("history")
+    history_cmd.add_argument("job_id")
+    history_cmd.add_argument("--events", type=int, required=True)
+    history_cmd.add_argument("--data-bytes", type=int, default=100)
+    history_cmd.add_argument("--finish", action="store_true")
     logout_cmd = commands.add_parser("logout")
     logout_cmd.add_argument("session_key")
     args = parser.parse_args(argv)
@@ -106,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(setup(args.jobs)) + "\n")
     elif args.command == "logout":
         logout(args.session_key)
+    elif args.command == "history":
+        stored = store_history(args.job_id, args.events, args.data_bytes, args.finish)
+        sys.stdout.write(json.dumps(stored) + "\n")
     else:
         publish_job(args.job_id, args.steps, args.interval)
     return 0
