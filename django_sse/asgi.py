@@ -34,6 +34,7 @@ task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -82,6 +83,25 @@ class DirectWriteMiddleware:
             raise
         if sink.detached is not None:
             await serve(sink)
+        elif sink.aborted and not sink.disconnected:
+            await _until_disconnected(sink)
+
+
+# How long an application that dropped its connection waits for the server to notice.
+_ABORT_GRACE_SECONDS = 1.0
+
+
+async def _until_disconnected(sink: Sink) -> None:
+    """After an abort, let the server see its connection gone before the application returns:
+    a server that finds the application done first logs an unfinished response as an error
+    (uvicorn: asyncio calls ``connection_lost()`` a turn of the loop after an abort)."""
+    with contextlib.suppress(Exception):  # a timeout, or a failing receive: nobody to tell
+        await asyncio.wait_for(_receive_until_disconnect(sink), _ABORT_GRACE_SECONDS)
+
+
+async def _receive_until_disconnect(sink: Sink) -> None:
+    while not sink.disconnected:
+        await sink.receive()
 
 
 def request_sink(request: HttpRequest) -> Sink | None:
@@ -145,16 +165,17 @@ async def serve(sink: Sink) -> None:
 
     watcher = asyncio.ensure_future(watch())
     try:
-        async for chunk in body:
-            await sink.deliver(body_message(chunk))
+        try:
+            async for chunk in body:
+                await sink.deliver(body_message(chunk))
+        except StreamClosed:
+            pass  # the sink dropped the connection; the stream logs why when it closes
         if not sink.aborted:
             await sink.raw({"type": "http.response.body", "body": b"", "more_body": False})
-    except StreamClosed:
-        # The sink dropped the connection (the stream logs why when it closes). One turn of
-        # the loop lets the server see it first (asyncio calls connection_lost() soon after an
-        # abort): a server that finds the application done before its connection is gone
-        # logs an unfinished response as an error (uvicorn).
-        await asyncio.sleep(0)
+        else:
+            # The watcher sees the server notice the abort, and then cancels this task (see
+            # _until_disconnected for why that is waited for).
+            await asyncio.wait({watcher}, timeout=_ABORT_GRACE_SECONDS)
     except Exception as exc:
         # The server (or a middleware around ours) failed to send: nobody to tell.
         logger.warning("Sending a stream failed (%r); ending it.", exc)

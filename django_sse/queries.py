@@ -110,11 +110,28 @@ EVENT_OVERHEAD_BYTES = 100
 
 
 class Page(NamedTuple):
-    """Stored events read in one go, and whether more may follow them (within the range
-    asked for)."""
+    """Stored events read in one go, whether more may follow them (within the range asked
+    for), and the bytes of data they hold (as the database counts them)."""
 
     events: list[StoredEvent]
     more: bool
+    size: int = 0
+
+
+# The first page of a replay asks for this many events at most: the database reads every event
+# it is asked for to count their bytes, and a history of large events would make a first page
+# of REPLAY_PAGE_SIZE read many megabytes to send a few of them.
+FIRST_PAGE_EVENTS = 64
+
+
+def next_page_limit(page: Page, max_bytes: int, most: int) -> int:
+    """How many events to ask for after ``page``: about twice as many as fit in ``max_bytes``
+    at the size of the page's events (the database still cuts the next page at
+    ``max_bytes``), between 1 and ``most``."""
+    if not page.events or page.size <= 0:
+        return most
+    fitting = max_bytes * len(page.events) // page.size
+    return max(1, min(most, 2 * fitting))
 
 
 def _data_size_sql(vendor: str, column: str) -> str:
@@ -229,17 +246,18 @@ def fetch_page(
     if not cut and len(rows) < limit and bound != upto:
         start = rows[-1][0] if rows else after
         if used < max_bytes or not rows:
-            rest, cut, _used = _select_rows(
+            rest, cut, more_used = _select_rows(
                 using, job_id, start, upto, limit - len(rows), max_bytes - used
             )
-            if rows and rest and _used > max_bytes - used:
+            if rows and rest and more_used > max_bytes - used:
                 # The rest's first event is over what is left: it starts the next page.
-                rest, cut = [], True
+                rest, cut, more_used = [], True, 0
             rows.extend(rest)
+            used += more_used
         else:
             cut = True
     events = [StoredEvent(seq, type_, _json_text(data)) for seq, type_, data in rows]
-    return Page(events, cut or len(events) == limit)
+    return Page(events, cut or len(events) == limit, used)
 
 
 def fetch_events(

@@ -28,11 +28,17 @@ from django.db.models import Q
 from django_sse.admission import Ticket
 from django_sse.auth import same_identity
 from django_sse.conf import conf
-from django_sse.database import run_in_db_thread
+from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
 from django_sse.discovery import JobRow
 from django_sse.hub import InboxBudget, Subscriber, get_hub
 from django_sse.identity import Identity, session_hashes
-from django_sse.queries import StoredEvent, fetch_page, primary
+from django_sse.queries import (
+    FIRST_PAGE_EVENTS,
+    StoredEvent,
+    fetch_page,
+    next_page_limit,
+    primary,
+)
 from django_sse.resume import MARGIN_SECONDS, ResumePoint, encode_resume_point, job_ref
 from django_sse.sse import encode_event
 from django_sse.streaming import EventStream
@@ -224,14 +230,18 @@ class SessionStream(EventStream):
     ) -> AsyncGenerator[bytes, None]:
         """A job's stored events after what was sent (up to ``upto``), a page per chunk."""
         tracked = self.jobs[job_id]
-        limit = conf.REPLAY_PAGE_SIZE
+        most, max_bytes = conf.REPLAY_PAGE_SIZE, conf.MAX_BUFFERED_BYTES // 4
+        limit = min(most, FIRST_PAGE_EVENTS)
         while not tracked.finished:
-            page = await run_in_db_thread(fetch_page, job_id, tracked.seq, upto=upto, limit=limit)
+            page = await run_bulk_in_db_thread(
+                fetch_page, job_id, tracked.seq, upto=upto, limit=limit, max_bytes=max_bytes
+            )
             chunk = b"".join(self._encode(job_id, e) for e in page.events if e.seq > tracked.seq)
             if chunk:
                 yield chunk
             if not page.more:
                 return
+            limit = next_page_limit(page, max_bytes, most)
 
     async def drain(self) -> AsyncGenerator[bytes, None]:
         if self.found:

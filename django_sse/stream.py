@@ -16,11 +16,17 @@ from typing import TYPE_CHECKING
 from django_sse.admission import Ticket
 from django_sse.auth import Access, reauthorize_stream
 from django_sse.conf import conf
-from django_sse.database import run_in_db_thread
+from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, StreamClosed
 from django_sse.hub import Delivery, Subscriber, get_hub
-from django_sse.queries import Page, StoredEvent, fetch_page
+from django_sse.queries import (
+    FIRST_PAGE_EVENTS,
+    Page,
+    StoredEvent,
+    fetch_page,
+    next_page_limit,
+)
 from django_sse.sse import encode_event
 from django_sse.streaming import EventStream
 from django_sse.validation import EVENT_TYPE_RE, TERMINAL_TYPES
@@ -113,15 +119,28 @@ class JobStream(EventStream):
         is read while this one is sent (two pages in memory at most)."""
         if self.finished:
             return
-        job_id, limit = self.job_id, conf.REPLAY_PAGE_SIZE
-        page = await run_in_db_thread(fetch_page, job_id, self.last_seq, upto=upto, limit=limit)
+        job_id, most = self.job_id, conf.REPLAY_PAGE_SIZE
+        max_bytes = conf.MAX_BUFFERED_BYTES // 4
+        page = await run_bulk_in_db_thread(
+            fetch_page,
+            job_id,
+            self.last_seq,
+            upto=upto,
+            limit=min(most, FIRST_PAGE_EVENTS),
+            max_bytes=max_bytes,
+        )
         following: asyncio.Future[Page] | None = None
         try:
             while page.events:
                 if page.more:
                     following = asyncio.ensure_future(
-                        run_in_db_thread(
-                            fetch_page, job_id, page.events[-1].seq, upto=upto, limit=limit
+                        run_bulk_in_db_thread(
+                            fetch_page,
+                            job_id,
+                            page.events[-1].seq,
+                            upto=upto,
+                            limit=next_page_limit(page, max_bytes, most),
+                            max_bytes=max_bytes,
                         )
                     )
                 chunk = await self.encode_page(page.events)

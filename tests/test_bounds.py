@@ -157,8 +157,8 @@ async def test_a_replay_stops_at_the_deadline_after_a_logout(
     for n in range(50):
         await sync_to_async(publish)(job, "step", {"n": n})
     from django_sse import stream as stream_module
+    from django_sse.queries import fetch_page as original
 
-    original = stream_module.fetch_page
     gate = threading.Event()
     slow = False
 

@@ -88,7 +88,13 @@ class FakeStore:
         self.fail_on: int | None = None
 
     def fetch_page(
-        self, job_id: uuid.UUID, after: int, *, upto: int | None = None, limit: int = 500
+        self,
+        job_id: uuid.UUID,
+        after: int,
+        *,
+        upto: int | None = None,
+        limit: int = 500,
+        max_bytes: int | None = None,
     ) -> Page:
         self.calls.append((after, upto))
         number = len(self.calls)

@@ -254,6 +254,10 @@ async def test_stream_ends_after_terminal_event_then_204(
     assert again.status == 204
     await again.read_to_end()
     assert again.body == b""
+    # Past the last event: nothing more to send either (not the whole history again).
+    past = await open_stream(job.pk, owner_key, headers={"Last-Event-ID": "99"})
+    assert past.status == 204
+    await past.read_to_end()
     # An older resume point still gets what it missed, then the end.
     late = await open_stream(job.pk, owner_key, headers={"Last-Event-ID": "1"})
     assert late.status == 200
