@@ -128,8 +128,10 @@ STREAM_OPENED = re.compile(
 )
 # The stream of all of a visitor's jobs (what the template tag's bars share).
 SESSION_STREAM_OPENED = re.compile(r"Session stream opened: user=(?P<user>\S+)")
+# A 404's job id is the request's, untrusted: logged quoted ('...'); a 429 names a real job bare.
 STREAM_REFUSED = re.compile(
-    r"Stream refused: job=(?P<job>\S+) user=(?P<user>\S+) reason=(?P<reason>.+)$"
+    r"Stream refused: job=(?P<quote>'?)(?P<job>[^'\s]+)(?P=quote) user=(?P<user>\S+) "
+    r"reason=(?P<reason>.+)$"
 )
 
 

@@ -27,7 +27,7 @@ async def test_an_urgent_call_overtakes_the_replay_pages_queued_before_it() -> N
         order.append(name)
 
     running = asyncio.ensure_future(run_bulk_in_db_thread(first_page))
-    await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
+    assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
     queued = [asyncio.ensure_future(run_bulk_in_db_thread(page, f"page {n}")) for n in (2, 3)]
     urgent = asyncio.ensure_future(run_in_db_thread(page, "authorize"))
     await asyncio.sleep(0)
@@ -58,7 +58,7 @@ async def test_a_call_given_up_before_it_ran_does_not_run() -> None:
         assert release.wait(5)
 
     holding = asyncio.ensure_future(run_in_db_thread(hold))
-    await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
+    assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
     given_up = asyncio.ensure_future(run_bulk_in_db_thread(ran.append, "page"))
     await asyncio.sleep(0)
     given_up.cancel()

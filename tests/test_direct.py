@@ -252,8 +252,7 @@ async def test_a_failed_direct_write_ends_the_stream(
     await client.read_to_end()
     assert client.parser.events == []
     assert "reason=write failed (OSError)" in caplog.text
-    await asyncio.sleep(0.05)
-    assert job.pk not in get_hub().feeds
+    await until(lambda: job.pk not in get_hub().feeds)
 
 
 @pytest.fixture

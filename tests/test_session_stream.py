@@ -16,6 +16,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from django_sse import publish
+from django_sse.hub import get_hub
 from django_sse.identity import hash_session_key
 from django_sse.models import Job
 from django_sse.resume import base36
@@ -71,7 +72,12 @@ async def test_live_events_and_jobs_started_later(
     client = StreamClient(URL, session_key=owner_key)
     await client.start()
     await client.read_chunk()
-    await asyncio.sleep(0.3)
+    # The stream follows the first job live (the second is found by the look for new jobs).
+    for _ in range(500):
+        feed = get_hub().feeds.get(first.pk)
+        if feed is not None and any(s.wakeup.waiting for s in feed.subscribers):
+            break
+        await asyncio.sleep(0.01)
     await pub(first, "a")
     later = await Job.objects.acreate(owner=owner)  # started after the stream opened
     await pub(later, "b")
