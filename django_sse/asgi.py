@@ -36,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from django.http import HttpRequest
@@ -79,7 +80,7 @@ class DirectWriteMiddleware:
             await self.app({**scope, SINK_SCOPE_KEY: sink}, sink.receive, sink.send)
         except BaseException:
             if sink.detached is not None:
-                await sink.detached.aclose()  # type: ignore[attr-defined]
+                await sink.detached.aclose()
             raise
         if sink.detached is not None:
             await serve(sink)
@@ -120,16 +121,19 @@ class Body:
 
     Django calls ``close()`` when it is done with the response, also when the stream never
     started (the client left first): ``on_close`` then runs, unless the stream left Django.
+    Should Django drop the response without closing it (the client left while the response
+    went back through the middleware), ``on_close`` runs when the body is collected.
     """
 
-    __slots__ = ("inner", "on_close", "sink")
+    __slots__ = ("__weakref__", "inner", "on_close", "sink")
 
     def __init__(
-        self, inner: AsyncIterator[bytes], sink: Sink | None, on_close: Callable[[], None]
+        self, inner: AsyncGenerator[bytes, None], sink: Sink | None, on_close: Callable[[], None]
     ) -> None:
         self.inner = inner
         self.sink = sink
         self.on_close = on_close
+        weakref.finalize(self, _dropped, asyncio.get_running_loop(), sink, on_close)
 
     def __aiter__(self) -> Body:
         return self
@@ -145,6 +149,19 @@ class Body:
     def close(self) -> None:
         if self.sink is None or self.sink.detached is None:
             self.on_close()
+
+
+def _dropped(
+    loop: asyncio.AbstractEventLoop, sink: Sink | None, on_close: Callable[[], None]
+) -> None:
+    """A body was collected: unless its stream left Django (it then ends on its own), run
+    ``on_close`` on ``loop`` (a finalizer may run in the middle of anything)."""
+    if sink is not None and sink.detached is not None:
+        return
+    try:
+        loop.call_soon_threadsafe(on_close)
+    except RuntimeError:  # the loop is closed
+        on_close()
 
 
 async def serve(sink: Sink) -> None:
@@ -170,9 +187,9 @@ async def serve(sink: Sink) -> None:
                 await sink.deliver(body_message(chunk))
         except StreamClosed:
             pass  # the sink dropped the connection; the stream logs why when it closes
-        if not sink.aborted:
+        if sink.ended is None:
             await sink.raw({"type": "http.response.body", "body": b"", "more_body": False})
-        else:
+        elif sink.aborted:
             # The watcher sees the server notice the abort, and then cancels this task (see
             # _until_disconnected for why that is waited for).
             await asyncio.wait({watcher}, timeout=_ABORT_GRACE_SECONDS)
@@ -188,4 +205,4 @@ async def serve(sink: Sink) -> None:
             uncancel()
     finally:
         watcher.cancel()
-        await body.aclose()  # type: ignore[attr-defined]
+        await body.aclose()

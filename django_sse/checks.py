@@ -260,3 +260,26 @@ def check_redis_timeout(
             id="django_sse.W005",
         )
     ]
+
+
+@register(Tags.compatibility)
+def check_buffer_size(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """A stream's inbox and replay pages hold a quarter of MAX_BUFFERED_BYTES each: an event
+    larger than that never waits in an inbox (it is read back from the database every time)."""
+    from django_sse.conf import conf
+
+    try:
+        quarter, largest = conf.MAX_BUFFERED_BYTES // 4, conf.MAX_DATA_BYTES
+    except (TypeError, ValueError):
+        return []  # E001 says what is wrong with the values
+    if quarter >= largest:
+        return []
+    return [
+        Warning(
+            f"DJANGO_SSE['MAX_BUFFERED_BYTES'] ({conf.MAX_BUFFERED_BYTES}) is less than 4 times "
+            f"DJANGO_SSE['MAX_DATA_BYTES'] ({largest}): a stream's inbox cannot hold one of the "
+            f"largest events, which are read back from the database for every stream.",
+            hint=f"Set MAX_BUFFERED_BYTES to {4 * largest} or more, or lower MAX_DATA_BYTES.",
+            id="django_sse.W006",
+        )
+    ]

@@ -81,8 +81,11 @@ class DirectWriter:
             self.fail(exc)
             return True
         if pending is not None:
+            # The server holds the write back: the stream's task waits for it, within its
+            # bounds, from now on (not from its next deadline).
             self.inflight = pending
             pending.add_done_callback(self._finished_write)
+            self._hand_over()
         if terminal:
             self.finished = True
             self._hand_over()

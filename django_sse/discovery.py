@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_sse")
 
-# Visitors per query: stays under every backend's parameter limit.
+# Visitors per query (users and session hashes each): under every backend's parameter limit.
 _IN_CHUNK = 400
 
 

@@ -30,6 +30,7 @@ class CloseReason(enum.Enum):
     BYTE_BUDGET = "byte budget spent"
     WRITE_FAILED = "write failed"
     DATABASE_ERROR = "database error"
+    ERROR = "error"
 
 
 class StreamClosed(Exception):
@@ -52,9 +53,12 @@ class Guard:
         # Loop time until which the last check holds; 0: not authorized yet.
         self.until = 0.0
 
-    def start(self) -> None:
-        """The view has just authorized the stream."""
-        self.until = asyncio.get_running_loop().time() + conf.HEARTBEAT_SECONDS
+    def start(self, checked_at: float | None = None) -> None:
+        """The view authorized the stream, with a check that began at the loop time
+        ``checked_at`` (now, if not given)."""
+        if checked_at is None:
+            checked_at = asyncio.get_running_loop().time()
+        self.until = checked_at + conf.HEARTBEAT_SECONDS
 
     def fresh(self, now: float) -> bool:
         return now < self.until

@@ -19,17 +19,22 @@ import functools
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.template.loader import select_template
 from django.utils import translation
 from django.utils.translation import get_language
 
+from django_sse.admission import Ticket
+from django_sse.auth import Access
 from django_sse.hub import Delivery
 from django_sse.queries import StoredEvent
 from django_sse.sse import encode_event
 from django_sse.stream import JobStream
 from django_sse.validation import TERMINAL_TYPES
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
 
 FORMATS = ("json", "html")
 END_EVENT = "end"
@@ -93,8 +98,15 @@ class FragmentStream(JobStream):
     # stream stays in Django's response loop (where the language was activated).
     detachable = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        request: HttpRequest,
+        access: Access,
+        resume_from: int,
+        ticket: Ticket,
+        checked_at: float | None = None,
+    ) -> None:
+        super().__init__(request, access, resume_from, ticket, checked_at)
         self.language = get_language()
 
     async def encode_page(self, events: list[StoredEvent]) -> bytes:

@@ -32,6 +32,7 @@ from django_sse.direct import DirectWriter
 from django_sse.discovery import Discovery
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
 from django_sse.queries import StoredEvent, fetch_events, last_seq, last_seqs
+from django_sse.resume import MAX_SEQ
 from django_sse.sse import encode_event
 from django_sse.validation import EVENT_TYPE_RE, TERMINAL_TYPES
 from django_sse.wakeup import Wakeup
@@ -153,10 +154,6 @@ def _encode(event: StoredEvent) -> Delivery:
         encode_event(event.data, event=event.type, id=event.seq),
         event.type in TERMINAL_TYPES,
     )
-
-
-# The largest seq a database column can hold (a 64-bit signed integer).
-MAX_SEQ = 2**63 - 1
 
 
 def _parse_message(message: Any) -> tuple[uuid.UUID, StoredEvent] | None:

@@ -105,10 +105,6 @@ def _raw_rows_supported(vendor: str) -> bool:
     return vendor in ("postgresql", "sqlite")
 
 
-# Bytes an event adds on the wire beside its data ("id: ...", "event: ...", the blank line).
-EVENT_OVERHEAD_BYTES = 100
-
-
 class Page(NamedTuple):
     """Stored events read in one go, whether more may follow them (within the range asked
     for), and the bytes of data they hold (as the database counts them)."""
@@ -191,7 +187,7 @@ def _select_rows_orm(
     using: str, job_id: uuid.UUID, after: int, upto: int | None, limit: int, max_bytes: int
 ) -> tuple[list[tuple[int, str, Any]], bool, int]:
     """``_select_rows`` through the ORM, for other databases: the sizes first, then the rows
-    that fit."""
+    that fit. Sizes are the database's length of the text (characters, not bytes, on some)."""
     from django.db.models import TextField
     from django.db.models.functions import Cast, Length
 

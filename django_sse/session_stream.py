@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterable
+from contextlib import aclosing
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from django_sse.auth import same_identity
 from django_sse.conf import conf
 from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
 from django_sse.discovery import JobRow
-from django_sse.hub import InboxBudget, Subscriber, get_hub
+from django_sse.hub import Hub, InboxBudget, Subscriber, get_hub
 from django_sse.identity import Identity, session_hashes
 from django_sse.queries import (
     FIRST_PAGE_EVENTS,
@@ -111,15 +112,18 @@ class SessionStream(EventStream):
         only: frozenset[uuid.UUID] | None,
         resume: ResumePoint | None,
         ticket: Ticket,
+        checked_at: float | None = None,
     ) -> None:
-        super().__init__(request, identity, ticket)
+        super().__init__(request, identity, ticket, checked_at)
         self.only = only
         self.resume = resume
         self.jobs: dict[uuid.UUID, _Tracked] = {}
         # The time of the last look for new jobs (a Unix time, the resume point's horizon).
         self.horizon = 0
-        # Jobs found by the shared look and not yet followed.
+        # Jobs found by the shared look and not yet followed, and the time of the last look.
         self.found: list[JobRow] = []
+        self.found_at = 0
+        self.hub: Hub | None = None  # the hub it subscribed at (cleanup leaves that one)
         # The hashes an anonymous visitor's jobs may carry (for the shared look).
         self.session_hashes = (
             session_hashes(identity.session_key)
@@ -159,7 +163,8 @@ class SessionStream(EventStream):
 
     async def subscribe(self) -> None:
         # Registered first: a job created while the first look runs is found by the next.
-        get_hub().discovery.add(self)
+        hub = self.hub = get_hub()
+        hub.discovery.add(self)
         self.horizon = int(time.time())
         if self.resume is None:
             # Recent finished jobs too, as already known: a later look for new jobs (which
@@ -179,21 +184,29 @@ class SessionStream(EventStream):
 
     def discovered(self, rows: list[JobRow], now: float) -> None:
         """The shared look found these jobs of the visitor (known ones included) at ``now``."""
+        waiting = {row.pk for row in self.found}
         new = [
             row
             for row in rows
-            if row.pk not in self.jobs and (self.only is None or row.pk in self.only)
+            if row.pk not in self.jobs
+            and row.pk not in waiting
+            and (self.only is None or row.pk in self.only)
         ]
-        self.horizon = max(self.horizon, int(now))
+        self.found_at = max(self.found_at, int(now))
         if new:
             self.found.extend(new)
             self.wakeup.set()
+        elif not self.found:
+            # The horizon moves only once every job found so far is followed: an id written
+            # meanwhile must not claim that a job still waiting was sent.
+            self.horizon = max(self.horizon, self.found_at)
 
     async def _follow(self, row: JobRow, seq: int) -> None:
         tracked = self.jobs[row.pk] = _Tracked(row.created, seq)
         tracked.finished = row.finished and seq >= row.last_seq
         if not row.finished:
-            tracked.subscriber = await get_hub().subscribe(row.pk, self.wakeup, self.inbox_budget)
+            hub = self.hub or get_hub()
+            tracked.subscriber = await hub.subscribe(row.pk, self.wakeup, self.inbox_budget)
 
     def _starting_seq(self, row: JobRow, refs: list[str]) -> int | None:
         """Where a job found by the first look starts: after what the browser has, or at the
@@ -216,7 +229,10 @@ class SessionStream(EventStream):
             return position
         if not row.finished or row.created >= resume.horizon - MARGIN_SECONDS:
             return 0
-        return None  # finished before the browser's horizon and not listed: sent in full
+        # Finished before the browser's horizon and not listed: sent in full. Followed as known
+        # and finished, so that the look for new jobs (which sees jobs finished within the
+        # margin) does not take it for a new one.
+        return row.last_seq
 
     # -- the body --------------------------------------------------------------------------
 
@@ -236,21 +252,35 @@ class SessionStream(EventStream):
             page = await run_bulk_in_db_thread(
                 fetch_page, job_id, tracked.seq, upto=upto, limit=limit, max_bytes=max_bytes
             )
-            chunk = b"".join(self._encode(job_id, e) for e in page.events if e.seq > tracked.seq)
-            if chunk:
-                yield chunk
+            # Each event's id lists the positions of the visitor's other jobs: a page's chunk
+            # can outgrow its data. Chunks are cut at the page's byte limit too.
+            parts: list[bytes] = []
+            size = 0
+            for event in page.events:
+                if event.seq <= tracked.seq:
+                    continue
+                encoded = self._encode(job_id, event)
+                parts.append(encoded)
+                size += len(encoded)
+                if size >= max_bytes:
+                    yield b"".join(parts)
+                    parts, size = [], 0
+            if parts:
+                yield b"".join(parts)
             if not page.more:
                 return
             limit = next_page_limit(page, max_bytes, most)
 
     async def drain(self) -> AsyncGenerator[bytes, None]:
-        if self.found:
-            found, self.found = self.found, []
-            for row in found:
-                if row.pk not in self.jobs:
-                    await self._follow(row, 0)
-                    async for chunk in self._read(row.pk):
+        while self.found:
+            row = self.found[0]
+            if row.pk not in self.jobs:
+                await self._follow(row, 0)
+                async with aclosing(self._read(row.pk)) as chunks:
+                    async for chunk in chunks:
                         yield chunk
+            self.found.pop(0)
+        self.horizon = max(self.horizon, self.found_at)
         for job_id, tracked in list(self.jobs.items()):
             subscriber = tracked.subscriber
             if subscriber is None:
@@ -258,8 +288,9 @@ class SessionStream(EventStream):
             behind = subscriber.take_behind()
             if behind > tracked.seq:
                 # The inbox overflowed: what it dropped is in the database.
-                async for chunk in self._read(job_id, upto=behind):
-                    yield chunk
+                async with aclosing(self._read(job_id, upto=behind)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
             parts: list[bytes] = []
             for delivery in subscriber.take():
                 event = delivery.event
@@ -269,17 +300,20 @@ class SessionStream(EventStream):
                     if parts:
                         yield b"".join(parts)
                         parts = []
-                    async for chunk in self._read(job_id, upto=event.seq - 1):
-                        yield chunk
+                    async with aclosing(self._read(job_id, upto=event.seq - 1)) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
                 parts.append(self._encode(job_id, event))
             if parts:
                 yield b"".join(parts)
             if tracked.finished:
-                get_hub().unsubscribe(subscriber)
+                (self.hub or get_hub()).unsubscribe(subscriber)
                 tracked.subscriber = None
 
     def cleanup(self) -> None:
-        hub = get_hub()
+        hub = self.hub
+        if hub is None:
+            return
         hub.discovery.remove(self)
         for tracked in self.jobs.values():
             if tracked.subscriber is not None:

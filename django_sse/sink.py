@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.db import DatabaseError
 
 from django_sse.conf import conf
 from django_sse.ending import CloseReason, StreamClosed
@@ -115,7 +117,7 @@ class Sink:
         self.raw_receive = raw_receive
         self.expected: bytes | None = None
         self.verified = False
-        self.detached: AsyncIterator[bytes] | None = None
+        self.detached: AsyncGenerator[bytes, None] | None = None
         self.disconnected = False
         self.connection: Connection | None = None
         self.guard: Guard | None = None
@@ -173,8 +175,10 @@ class Sink:
 
     async def send(self, message: Message) -> None:
         """What Django (and ASGI middleware around it) sends through."""
-        if self.aborted:
-            return  # the connection is gone: nothing more reaches the server
+        if self.ended is not None:
+            # The stream gave up on its client: nothing more reaches the server (a connection
+            # that could not be dropped would take no more than the last send did).
+            return
         body = message.get("type") == "http.response.body"
         if self.detached is not None:
             # Django ends its response after the body left its loop: the stream goes on. A
@@ -207,44 +211,105 @@ class Sink:
     async def deliver(self, message: Message) -> None:
         """Send a body chunk within the stream's bounds; raises ``StreamClosed`` (the
         connection dropped) when the client does not take it in time or the session is
-        revoked meanwhile."""
+        revoked meanwhile.
+
+        The server's ``send`` is awaited in the caller's own task, as a plain ``await``: an
+        ASGI middleware around ours may tie its ``send`` to the task's context."""
         if self.ended is not None:
             raise StreamClosed(self.ended)
-        connection = self.connection
-        if connection is not None:
-            writable = connection.writable()
-            if writable is not None:
-                await self.wait(writable)
-        pending = start_send(self.raw(message))
-        if pending is not None:
-            await self.wait(pending)
+        async with _Watchdog(self):
+            connection = self.connection
+            if connection is not None:
+                writable = connection.writable()
+                if writable is not None:
+                    await writable
+            await self.raw(message)
 
     async def wait(self, pending: asyncio.Future[None]) -> None:
-        """Wait for a send (or for the server to take data again), at most
-        ``SEND_TIMEOUT_SECONDS``, checking the session again at its deadline."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + conf.SEND_TIMEOUT_SECONDS
+        """Wait for a send under way (or for the server to take data again), within the
+        stream's bounds (as ``deliver``)."""
+        if self.ended is not None:
+            raise StreamClosed(self.ended)
         try:
-            while True:
-                guard = self.guard
-                until = give_up if guard is None else min(give_up, guard.until)
-                done, _ = await asyncio.wait({pending}, timeout=max(0.0, until - loop.time()))
-                if done:
-                    pending.result()
-                    return
-                now = loop.time()
-                if now >= give_up:
-                    raise StreamClosed(CloseReason.SEND_TIMEOUT)
-                if guard is not None and now >= guard.until:
-                    try:
-                        await guard.recheck()
-                    except StreamClosed:
-                        raise
-                    except Exception as exc:  # the database: stop waiting on this client
-                        raise StreamClosed(CloseReason.DATABASE_ERROR, repr(exc)) from exc
-        except StreamClosed as exc:
-            self.end(exc.reason)
-            raise
+            async with _Watchdog(self):
+                await asyncio.shield(pending)
         finally:
             if not pending.done():
                 pending.cancel()
+
+
+class _Watchdog:
+    """Bounds one wait of a stream's task on its client: at ``SEND_TIMEOUT_SECONDS`` it gives
+    up, and at the authorization deadline it has the session checked again meanwhile (a
+    revoked session gives up too). Giving up drops the connection, which ends the wait (the
+    server's ``send`` returns, Daphne's producer is stopped); where nothing can be dropped (a
+    server we do not know) the waiting task is cancelled instead. Either way the wait raises
+    ``StreamClosed``."""
+
+    __slots__ = ("cancelled", "check", "give_up", "handle", "loop", "sink", "task")
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.loop = asyncio.get_running_loop()
+        self.give_up = self.loop.time() + conf.SEND_TIMEOUT_SECONDS
+        self.task = asyncio.current_task()
+        self.handle: asyncio.TimerHandle | None = None
+        self.check: asyncio.Task[None] | None = None
+        self.cancelled = False
+
+    async def __aenter__(self) -> _Watchdog:
+        self._arm()
+        return self
+
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if self.handle is not None:
+            self.handle.cancel()
+        if self.check is not None and not self.check.done():
+            self.check.cancel()
+        ended = self.sink.ended
+        if self.cancelled and isinstance(exc, asyncio.CancelledError):
+            # Our own cancellation, not the client leaving: take it back.
+            uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+        if ended is not None and (exc is None or self.cancelled):
+            raise StreamClosed(ended)
+        return False
+
+    def _arm(self) -> None:
+        guard = self.sink.guard
+        until = self.give_up if guard is None else min(self.give_up, guard.until)
+        self.handle = self.loop.call_at(until, self._due)
+
+    def _due(self) -> None:
+        self.handle = None
+        now = self.loop.time()
+        if now >= self.give_up:
+            self._stop(CloseReason.SEND_TIMEOUT)
+            return
+        guard = self.sink.guard
+        if guard is not None and now >= guard.until:
+            self.check = self.loop.create_task(self._recheck(guard))
+            return
+        self._arm()
+
+    async def _recheck(self, guard: Guard) -> None:
+        try:
+            await guard.recheck()
+        except StreamClosed as exc:
+            self._stop(exc.reason)
+            return
+        except DatabaseError:
+            self._stop(CloseReason.DATABASE_ERROR)
+            return
+        except Exception:
+            logger.exception("Checking the session of a stream failed.")
+            self._stop(CloseReason.ERROR)
+            return
+        self._arm()
+
+    def _stop(self, reason: CloseReason) -> None:
+        self.sink.end(reason)
+        if not self.sink.aborted and self.task is not None:
+            self.cancelled = True
+            self.task.cancel()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from django_sse.admission import Ticket
@@ -19,7 +20,7 @@ from django_sse.conf import conf
 from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, StreamClosed
-from django_sse.hub import Delivery, Subscriber, get_hub
+from django_sse.hub import Delivery, Hub, Subscriber, get_hub
 from django_sse.queries import (
     FIRST_PAGE_EVENTS,
     Page,
@@ -41,13 +42,19 @@ class JobStream(EventStream):
     """The body of one SSE response for one job."""
 
     def __init__(
-        self, request: HttpRequest, access: Access, resume_from: int, ticket: Ticket
+        self,
+        request: HttpRequest,
+        access: Access,
+        resume_from: int,
+        ticket: Ticket,
+        checked_at: float | None = None,
     ) -> None:
-        super().__init__(request, access.identity, ticket)
+        super().__init__(request, access.identity, ticket, checked_at)
         # The job's id, not its model instance: thousands of these may be open per process.
         self.job_id: uuid.UUID = access.job.pk
         self.last_seq = resume_from
         self.resumed_from = resume_from
+        self.hub: Hub | None = None  # the hub it subscribed at (cleanup leaves that one)
         self.subscriber: Subscriber | None = None
         self.writer: DirectWriter | None = None
 
@@ -64,13 +71,14 @@ class JobStream(EventStream):
         return await run_in_db_thread(reauthorize_stream, self.request, self.job_id, self.identity)
 
     async def subscribe(self) -> None:
-        self.subscriber = await get_hub().subscribe(self.job_id, self.wakeup)
+        self.hub = get_hub()
+        self.subscriber = await self.hub.subscribe(self.job_id, self.wakeup)
 
     def cleanup(self) -> None:
         if self.writer is not None:
             self.writer.cancel()
-        if self.subscriber is not None:
-            get_hub().unsubscribe(self.subscriber)
+        if self.hub is not None and self.subscriber is not None:
+            self.hub.unsubscribe(self.subscriber)
 
     # -- encoding ----------------------------------------------------------------------------
 
@@ -161,8 +169,9 @@ class JobStream(EventStream):
             behind = subscriber.take_behind()
             if behind > self.last_seq:
                 # The inbox overflowed: what it dropped is in the database.
-                async for chunk in self._read(upto=behind):
-                    yield chunk
+                async with aclosing(self._read(upto=behind)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
                 continue
             deliveries = subscriber.take()
             if not deliveries:
@@ -176,8 +185,9 @@ class JobStream(EventStream):
                     if run:
                         yield await self.encode_live(run)
                         run = []
-                    async for chunk in self._read(upto=seq - 1):
-                        yield chunk
+                    async with aclosing(self._read(upto=seq - 1)) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
                 run.append(delivery)
                 self.last_seq = seq
                 self.sent += 1

@@ -61,8 +61,17 @@ class EventStream:
     # The name at the start of the stream's log lines.
     kind: ClassVar[str] = "Stream"
 
-    def __init__(self, request: HttpRequest, identity: Identity, ticket: Ticket) -> None:
+    def __init__(
+        self,
+        request: HttpRequest,
+        identity: Identity,
+        ticket: Ticket,
+        checked_at: float | None = None,
+    ) -> None:
+        """``checked_at``: the loop time at which the view's authorization began (the first
+        deadline counts from it)."""
         self.request = request
+        self.checked_at = checked_at
         self.identity = identity
         self.ticket = ticket
         self.sink: Sink | None = request_sink(request)
@@ -102,9 +111,15 @@ class EventStream:
             # One timer per deadline, not a wait_for() (a task and a timer) per wakeup.
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer, self._timer_at = loop.call_at(deadline, self.wakeup.set), deadline
+            self._timer, self._timer_at = loop.call_at(deadline, self._timer_fired), deadline
         await self.wakeup.wait()
         self.wakeup.clear()
+
+    def _timer_fired(self) -> None:
+        # Forgotten first: a timer that fired a hair early (uvloop rounds to milliseconds)
+        # is armed again for the same deadline, never left unarmed.
+        self._timer = None
+        self.wakeup.set()
 
     def detach(self, sink: Sink) -> None:
         """The stream is about to leave Django's response loop."""
@@ -142,7 +157,7 @@ class EventStream:
         await release_request_thread()
         if conf.AUTHORIZE is None:
             self.request.resolver_match = None
-        self.guard.start()
+        self.guard.start(self.checked_at)
         if sink is not None:
             sink.attach(self.guard)
         budget = self.byte_budget = self._byte_budget(sink)
@@ -179,6 +194,11 @@ class EventStream:
             # The browser reconnects after a normal end and resumes from its last id.
             self.reason, self.detail = CloseReason.DATABASE_ERROR, exc.__class__.__name__
             logger.warning("%s ends on a database error: %r", self.describe(), exc)
+        except Exception as exc:
+            # A bug (ours, or an AUTHORIZE callable's, a session engine's): this stream ends,
+            # its browser resumes; the traceback is in the log, not in the server's.
+            self.reason, self.detail = CloseReason.ERROR, exc.__class__.__name__
+            logger.exception("%s ends on an error.", self.describe())
         finally:
             if sink is not None:
                 if sink.ended is not None and self.reason is CloseReason.CLIENT_LEFT:
@@ -242,10 +262,11 @@ class EventStream:
                 return
             now = loop.time()
             if now >= next_beat:
-                # The session is checked at every heartbeat, even if a chunk just did.
+                # The session is checked at every heartbeat, even if a chunk just did; the
+                # next heartbeat falls on the new deadline (one check per period).
                 await self.guard.recheck()
                 yield HEARTBEAT
-                next_beat = loop.time() + heartbeat
+                next_beat = self.guard.until
             elif now >= self.guard.until:
                 await self.guard.recheck()
             else:

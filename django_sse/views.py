@@ -8,6 +8,7 @@ and cut short: a job id or a ``Last-Event-ID`` holding a line break must not for
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -153,6 +154,7 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
             content_type="text/plain; charset=utf-8",
         )
     job_uuid = _job_uuid(request, job_id)
+    checked_at = asyncio.get_running_loop().time()
     try:
         access = await run_in_db_thread(authorize_stream, request, job_uuid)
     except DatabaseError as exc:
@@ -188,7 +190,8 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     if isinstance(ticket, HttpResponse):
         return _allow_origin(request, ticket)
     stream_class = FragmentStream if output == "html" else JobStream
-    return _stream(request, stream_class(request, access, resume, ticket).body())
+    stream = stream_class(request, access, resume, ticket, checked_at)
+    return _stream(request, stream.body())
 
 
 async def _retry_later() -> AsyncIterator[bytes]:
@@ -247,6 +250,7 @@ async def session_events(request: HttpRequest) -> HttpResponseBase:
         only = parse_only(request.GET.get("jobs"))
     except ValueError as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain; charset=utf-8")
+    checked_at = asyncio.get_running_loop().time()
     try:
         _user, identity = await run_in_db_thread(identify, request)
     except DatabaseError as exc:
@@ -261,7 +265,8 @@ async def session_events(request: HttpRequest) -> HttpResponseBase:
     ticket = _admit(identity, "all jobs")
     if isinstance(ticket, HttpResponse):
         return _allow_origin(request, ticket)
-    return _stream(request, SessionStream(request, identity, only, resume, ticket).body())
+    stream = SessionStream(request, identity, only, resume, ticket, checked_at)
+    return _stream(request, stream.body())
 
 
 def _session_resume_point(request: HttpRequest) -> ResumePoint | None:

@@ -320,3 +320,120 @@ async def test_fragments_are_rendered_off_the_event_loop_in_the_streams_language
     assert "En cours" in event.data  # "Running", in the visitor's language
     assert threads and all(name.startswith("django_sse-render") for name, _ in threads)
     await client.disconnect()
+
+
+# -- found by a review ---------------------------------------------------------------------
+
+
+async def test_a_long_job_that_finished_is_not_replayed_on_reconnection(
+    hub_cleanup: None, owner: User, owner_key: str
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = await Job.objects.acreate(owner=owner)
+    # Created long before: once finished, the ids stop listing it.
+    await Job.objects.filter(pk=job.pk).aupdate(created_at=timezone.now() - timedelta(hours=1))
+    await sync_to_async(publish)(job, "step")
+    client = StreamClient("/sse/events/", session_key=owner_key)
+    assert await client.start() == 200
+    await client.read_events(1)
+    await sync_to_async(job.succeed)()
+    await client.read_events(2)
+    last_id = client.parser.last_event_id
+    await client.disconnect()
+    again = StreamClient("/sse/events/", session_key=owner_key, headers={"Last-Event-ID": last_id})
+    assert await again.start() == 200
+    await again.read_chunk()
+    # The look for new jobs sees it (it finished within the margin): still not sent again.
+    await until(lambda: get_hub().discovery.queries >= 3)
+    assert await again.nothing_within(0.3)
+    await again.disconnect()
+
+
+@override_settings(DJANGO_SSE={"MAX_STREAMS_PER_IDENTITY": 1})
+async def test_a_stream_body_dropped_unclosed_gives_its_place_back(
+    hub_cleanup: None, job: Job, owner: User
+) -> None:
+    import gc
+
+    from django.test import RequestFactory
+
+    from django_sse.auth import Access
+    from django_sse.stream import JobStream
+
+    identity = Identity(owner.pk, None)
+    ticket = admission.admit(identity.limit_key, 1)
+    assert ticket is not None
+    request = RequestFactory().get("/")
+    body = JobStream(request, Access(job, owner, identity), 0, ticket).body()
+    # Django dropped the response without closing it (the client left while it went back
+    # through the middleware): neither close() nor the stream's end ever runs.
+    del body
+    gc.collect()
+    await until(lambda: admission.open_streams(identity.limit_key) == 0)
+
+
+async def test_a_timer_that_fires_early_is_armed_again(hub_cleanup: None, job: Job) -> None:
+    from django.test import RequestFactory
+
+    from django_sse.admission import Ticket
+    from django_sse.auth import Access
+    from django_sse.stream import JobStream
+
+    stream = JobStream(
+        RequestFactory().get("/"), Access(job, None, Identity(1, None)), 0, Ticket(None, "t")
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 0.05
+    await asyncio.wait_for(stream.wait(deadline), 2)
+    # As if the timer had fired a hair before the deadline: the stream waits for the same
+    # deadline again, and must not wait for ever.
+    await asyncio.wait_for(stream.wait(deadline), 2)
+
+
+@override_settings(DJANGO_SSE={"HEARTBEAT_SECONDS": 0.2})
+async def test_an_error_while_checking_the_session_ends_the_stream_in_the_log(
+    hub_cleanup: None,
+    job: Job,
+    owner_key: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("a custom session engine's bug")
+
+    monkeypatch.setattr("django_sse.stream.reauthorize_stream", broken)
+    client = StreamClient(job_url(job), session_key=owner_key)
+    with caplog.at_level(logging.INFO, logger="django_sse"):
+        assert await client.start() == 200
+        await client.read_to_end(timeout=5)
+    assert "reason=error (RuntimeError)" in caplog.text
+    assert "Stream of job" in caplog.text and "ends on an error" in caplog.text
+
+
+@override_settings(DJANGO_SSE={"HEARTBEAT_SECONDS": 0.1, "POLL_SECONDS": 60})
+async def test_an_idle_stream_checks_its_session_once_per_heartbeat(
+    hub_cleanup: None, job: Job, owner_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_sse import stream as stream_module
+    from django_sse.auth import reauthorize_stream as original
+
+    checks = 0
+
+    def counting(*args: Any) -> bool:
+        nonlocal checks
+        checks += 1
+        return original(*args)
+
+    monkeypatch.setattr(stream_module, "reauthorize_stream", counting)
+    client = StreamClient(job_url(job), session_key=owner_key)
+    assert await client.start() == 200
+    await client.read_chunk()
+    beats = 0
+    while beats < 8:
+        if await client.read_chunk() == b": ping\n\n":
+            beats += 1
+    await client.disconnect()
+    assert beats <= checks <= beats + 1

@@ -22,6 +22,16 @@ def test_test_settings_pass_every_check() -> None:
     assert checks.check_session_engine(None) == []
     assert checks.check_daphne(None) == []
     assert checks.check_redis_timeout(None) == []
+    assert checks.check_buffer_size(None) == []
+
+
+def test_a_buffer_smaller_than_four_of_the_largest_events_is_w006() -> None:
+    with override_settings(DJANGO_SSE={"MAX_BUFFERED_BYTES": 100_000, "MAX_DATA_BYTES": 65536}):
+        (warning,) = checks.check_buffer_size(None)
+    assert isinstance(warning, Warning) and warning.id == "django_sse.W006"
+    assert "262144" in (warning.hint or "")
+    with override_settings(DJANGO_SSE={"MAX_BUFFERED_BYTES": 262144, "MAX_DATA_BYTES": 65536}):
+        assert checks.check_buffer_size(None) == []
 
 
 @pytest.mark.parametrize(
@@ -33,6 +43,10 @@ def test_test_settings_pass_every_check() -> None:
         ({"MAX_DATA_BYTES": "64k"}, "DJANGO_SSE['MAX_DATA_BYTES'] must be a positive number"),
         ({"POLL_SECONDS": True}, "DJANGO_SSE['POLL_SECONDS'] must be a positive number"),
         ({"CHANNEL_LAYER": ""}, "DJANGO_SSE['CHANNEL_LAYER'] must be a non-empty string"),
+        ({"MAX_BUFFERED_BYTES": -1}, "DJANGO_SSE['MAX_BUFFERED_BYTES'] must be a positive number"),
+        ({"SEND_TIMEOUT_SECONDS": 0}, "DJANGO_SSE['SEND_TIMEOUT_SECONDS'] must be a positive"),
+        ({"MAX_STREAMS_PER_IDENTITY": 2.5}, "'MAX_STREAMS_PER_IDENTITY'] must be a positive"),
+        ({"RESUME_MAX_AGE_SECONDS": "1d"}, "'RESUME_MAX_AGE_SECONDS'] must be a positive"),
     ],
 )
 def test_bad_settings_are_e001_naming_the_key(value: object, fragment: str) -> None:

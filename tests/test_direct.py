@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -329,7 +330,7 @@ async def test_the_all_jobs_stream_leaves_djangos_handler_too(
 async def test_a_client_gone_before_the_takeover_ends_the_body_at_once() -> None:
     closed: list[str] = []
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             while True:
                 yield b": x\n\n"
@@ -359,7 +360,7 @@ async def test_the_takeover_ends_when_the_client_leaves() -> None:
     closed: list[str] = []
     left = asyncio.Event()
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             yield b": x\n\n"
             await asyncio.sleep(3600)
@@ -418,7 +419,7 @@ async def test_a_send_failing_during_the_takeover_ends_the_stream_quietly(
 ) -> None:
     closed: list[str] = []
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             yield b": x\n\n"
             yield b": never sent\n\n"
@@ -535,10 +536,12 @@ async def test_a_blocked_write_hands_the_next_event_to_the_stream() -> None:
     send.blocked = True
     assert write(writer, 1) is True
     assert writer.inflight is not None
-    # Nothing piles up behind a write in flight: the stream's task takes over (its inbox is
-    # bounded, and it reads from the database what it dropped).
-    assert write(writer, 2) is False
+    # The stream's task takes over at once: its wait for the write is bounded from now on.
     assert not writer.active and wakeup.is_set()
+    # Nothing piles up behind a write in flight (the inbox is bounded, and the stream reads
+    # from the database what it dropped).
+    writer.active = True
+    assert write(writer, 2) is False
     assert writer.last_seq == 1
     send.blocked = False
     send.release.set()
@@ -719,3 +722,50 @@ async def test_cancel_stops_a_blocked_write() -> None:
         await inflight
     assert send.bodies == []
     assert writer.inflight is None
+
+
+# -- the sink's bounded sends ----------------------------------------------------------------
+
+TRACE: contextvars.ContextVar[str] = contextvars.ContextVar("trace", default="")
+
+
+@pytest.mark.asyncio
+async def test_a_send_held_back_is_awaited_in_the_streams_own_context() -> None:
+    """An ASGI middleware around ours may set a context variable around ``send`` and reset it
+    afterwards (OpenTelemetry's does): that only works in one context."""
+
+    async def tracing_send(message: Message) -> None:
+        token = TRACE.set("span")
+        await asyncio.sleep(0.01)  # the server holds the write back for a moment
+        TRACE.reset(token)  # ValueError if the send went on in another context
+
+    guard = Guard(allowed)
+    guard.start()
+    sink = Sink(tracing_send, never_receive)
+    sink.guard = guard
+    await sink.deliver({"type": "http.response.body", "body": b"x", "more_body": True})
+    assert sink.ended is None
+
+
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE={"SEND_TIMEOUT_SECONDS": 0.1})
+async def test_a_send_to_an_unknown_server_that_never_returns_is_given_up() -> None:
+    never = asyncio.Event()
+
+    async def stuck_send(message: Message) -> None:
+        await never.wait()
+
+    guard = Guard(allowed)
+    guard.start()
+    sink = Sink(stuck_send, never_receive)
+    sink.guard = guard
+    with pytest.raises(StreamClosed) as closed:
+        await asyncio.wait_for(
+            sink.deliver({"type": "http.response.body", "body": b"x", "more_body": True}), 5
+        )
+    assert closed.value.reason is CloseReason.SEND_TIMEOUT
+    assert sink.ended is CloseReason.SEND_TIMEOUT and not sink.aborted
+    task = asyncio.current_task()
+    assert task is not None and (not hasattr(task, "cancelling") or task.cancelling() == 0)
+    # Nothing more is sent on a connection given up on.
+    await sink.send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -25,7 +25,8 @@ def _hash(session_key):
 def hash_session_keys(apps, schema_editor):
     Job = apps.get_model("django_sse", "Job")
     jobs = Job.objects.using(schema_editor.connection.alias)
-    rows = jobs.exclude(session_key="").values_list("pk", "session_key")
+    # By primary key: the model's ordering (newest first) would sort the whole table.
+    rows = jobs.exclude(session_key="").order_by("pk").values_list("pk", "session_key")
     batch = []
     for pk, session_key in rows.iterator(chunk_size=BATCH_SIZE):
         batch.append(Job(pk=pk, session_hash=_hash(session_key)))
