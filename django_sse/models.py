@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.http import Http404
 from django.utils.translation import gettext_lazy as _
 
 from django_sse import lifecycle
+from django_sse.auth import can_access, identify
 from django_sse.identity import SESSION_HASH_LENGTH, hash_session_key, session_hashes
 from django_sse.validation import MESSAGE_MAX_LENGTH
 
@@ -38,6 +41,10 @@ class JobStatus(models.TextChoices):
 # Plain strings: django-stubs types TextChoices members with labels as tuples.
 ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "running"})
 FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+# One message for every refusal of get_for_request(): a stranger learns nothing from it.
+_NO_JOB = "No job matches the given query."
 
 
 class JobQuerySet(models.QuerySet["Job"]):
@@ -77,6 +84,27 @@ class JobQuerySet(models.QuerySet["Job"]):
         if user.is_authenticated:
             return cast(JobQuerySet, self.filter(owner=user))
         return self.for_session_key(request.session.session_key)
+
+    def get_for_request(self, request: HttpRequest, job_id: object) -> Job:
+        """The job ``job_id`` if the request may see it (its user or anonymous session owns
+        it, or ``DJANGO_SSE["AUTHORIZE"]`` admits it), else ``Http404``: the same 404 for a job
+        of somebody else, a missing job and a malformed id, so the answer tells a stranger
+        nothing. The rule the streams apply: a page fetched with this shows exactly the jobs
+        whose stream answers."""
+        try:
+            pk = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+        except ValueError:
+            raise Http404(_NO_JOB) from None
+        job = self.filter(pk=pk).first()
+        if job is not None:
+            _user, identity = identify(request)
+            if can_access(request, job, identity):
+                return job
+        raise Http404(_NO_JOB)
+
+    async def aget_for_request(self, request: HttpRequest, job_id: object) -> Job:
+        """Async twin of :meth:`get_for_request`."""
+        return await sync_to_async(self.get_for_request)(request, job_id)
 
     def active(self) -> JobQuerySet:
         return cast(JobQuerySet, self.filter(status__in=ACTIVE_STATUSES))
