@@ -104,7 +104,8 @@ class JobQuerySet(models.QuerySet["Job"]):
 
     async def aget_for_request(self, request: HttpRequest, job_id: object) -> Job:
         """Async twin of :meth:`get_for_request`."""
-        return await sync_to_async(self.get_for_request)(request, job_id)
+        job: Job = await sync_to_async(self.get_for_request)(request, job_id)
+        return job
 
     def active(self) -> JobQuerySet:
         return cast(JobQuerySet, self.filter(status__in=ACTIVE_STATUSES))
