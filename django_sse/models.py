@@ -95,7 +95,7 @@ class JobQuerySet(models.QuerySet["Job"]):
             pk = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
         except ValueError:
             raise Http404(_NO_JOB) from None
-        job = self.filter(pk=pk).first()
+        job = cast("Job | None", self.filter(pk=pk).first())
         if job is not None:
             _user, identity = identify(request)
             if can_access(request, job, identity):
@@ -104,8 +104,7 @@ class JobQuerySet(models.QuerySet["Job"]):
 
     async def aget_for_request(self, request: HttpRequest, job_id: object) -> Job:
         """Async twin of :meth:`get_for_request`."""
-        job: Job = await sync_to_async(self.get_for_request)(request, job_id)
-        return job
+        return await sync_to_async(self.get_for_request)(request, job_id)
 
     def active(self) -> JobQuerySet:
         return cast(JobQuerySet, self.filter(status__in=ACTIVE_STATUSES))
