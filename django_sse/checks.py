@@ -1,14 +1,17 @@
-"""System checks, registered in ``DjangoSseConfig.ready()``; every ID is documented in README."""
+"""System checks, registered in ``DjangoSseConfig.ready()``; every ID is documented in
+``docs/checks.rst``."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 from importlib import import_module
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.contrib.staticfiles import finders
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
@@ -281,5 +284,83 @@ def check_buffer_size(app_configs: Sequence[AppConfig] | None, **kwargs: Any) ->
             f"largest events, which are read back from the database for every stream.",
             hint=f"Set MAX_BUFFERED_BYTES to {4 * largest} or more, or lower MAX_DATA_BYTES.",
             id="django_sse.W006",
+        )
+    ]
+
+
+# The immediate backends of Django's task framework (Django 6) and of its backport (5.2).
+_IMMEDIATE_BACKENDS = (
+    "django.tasks.backends.immediate.ImmediateBackend",
+    "django_tasks.backends.immediate.ImmediateBackend",
+)
+
+
+def _overridden(name: str) -> bool:
+    # LazySettings.is_overridden() (public, documented) is missing from django-stubs.
+    return bool(cast(Any, settings).is_overridden(name))
+
+
+def _default_task_backend() -> str | None:
+    """The dotted path of the task framework's default backend, if the project uses the
+    framework (the backport is installed, or ``TASKS`` is set); else None."""
+    uses_backport = "django_tasks" in settings.INSTALLED_APPS
+    if not (uses_backport or _overridden("TASKS")):
+        return None
+    tasks = getattr(settings, "TASKS", None)
+    if not tasks:
+        # Both frameworks run tasks in the caller when TASKS is not set.
+        return _IMMEDIATE_BACKENDS[1] if uses_backport else _IMMEDIATE_BACKENDS[0]
+    if not isinstance(tasks, dict) or not isinstance(tasks.get("default"), dict):
+        return None  # the framework's own checks report it
+    backend = tasks["default"].get("BACKEND")
+    return backend if isinstance(backend, str) else None
+
+
+@register(Tags.compatibility)
+def check_task_backend(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The immediate task backend runs a task inside the request that enqueues it: the job is
+    over before its page opens, and the page shows no live progress."""
+    backend = _default_task_backend()
+    if backend is None or not any(_is_subclass(backend, base) for base in _IMMEDIATE_BACKENDS):
+        return []
+    return [
+        Warning(
+            f"The default task backend ({backend}) runs each task inside the request that "
+            f"enqueues it: a job started that way has finished before its page opens, which "
+            f"shows no live progress.",
+            hint="Use a backend with a worker, e.g. TASKS = {'default': {'BACKEND': "
+            "'django_tasks_db.DatabaseBackend'}} and run 'manage.py db_worker'.",
+            id="django_sse.W007",
+        )
+    ]
+
+
+# The assets {% django_sse_assets %} links to.
+ASSETS = ("django_sse/django_sse.js", "django_sse/django_sse.css")
+
+
+@register(Tags.compatibility)
+def check_static_assets(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The client's script and stylesheet must be findable, or pages show a dead bar."""
+    if "django.contrib.staticfiles" in settings.INSTALLED_APPS:
+        missing = [path for path in ASSETS if not finders.find(path)]
+        where = "by the staticfiles finders (STATICFILES_FINDERS)"
+    else:
+        root = getattr(settings, "STATIC_ROOT", None)
+        missing = [path for path in ASSETS if not root or not (Path(root) / path).is_file()]
+        where = "in STATIC_ROOT, and 'django.contrib.staticfiles' is not installed"
+    if not missing:
+        return []
+    return [
+        Warning(
+            f"django_sse's static files ({', '.join(missing)}) cannot be found {where}: pages "
+            f"would show an unstyled bar that never goes live.",
+            hint="Add 'django.contrib.staticfiles' to INSTALLED_APPS (with the default "
+            "finders), and run collectstatic for production.",
+            id="django_sse.W008",
         )
     ]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from django.contrib.sessions.backends import signed_cookies
@@ -23,6 +24,8 @@ def test_test_settings_pass_every_check() -> None:
     assert checks.check_daphne(None) == []
     assert checks.check_redis_timeout(None) == []
     assert checks.check_buffer_size(None) == []
+    assert checks.check_task_backend(None) == []
+    assert checks.check_static_assets(None) == []
 
 
 def test_a_buffer_smaller_than_four_of_the_largest_events_is_w006() -> None:
@@ -185,3 +188,62 @@ def test_redis_hosts_without_socket_timeout_pass() -> None:
     pubsub = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer"}}
     with override_settings(CHANNEL_LAYERS=pubsub):
         assert checks.check_redis_timeout(None) == []
+
+
+# -- W007: the immediate task backend ----------------------------------------------------------
+
+
+def test_tasks_unused_is_not_w007() -> None:
+    # The test settings install neither the backport nor TASKS.
+    assert checks.check_task_backend(None) == []
+
+
+def test_the_immediate_backend_is_w007() -> None:
+    tasks = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+    with override_settings(TASKS=tasks):
+        (warning,) = checks.check_task_backend(None)
+    assert isinstance(warning, Warning) and warning.id == "django_sse.W007"
+    assert "ImmediateBackend" in warning.msg and "db_worker" in (warning.hint or "")
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_the_backports_immediate_backend_is_w007_also_by_default(explicit: bool) -> None:
+    pytest.importorskip("django_tasks", reason="the django-tasks backport is not installed")
+    overrides: dict[str, object] = {
+        "INSTALLED_APPS": [*test_settings.INSTALLED_APPS, "django_tasks"]
+    }
+    if explicit:
+        overrides["TASKS"] = {
+            "default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}
+        }
+    with override_settings(**overrides):
+        assert ids(checks.check_task_backend(None)) == ["django_sse.W007"]
+
+
+def test_a_backend_with_a_worker_is_not_w007() -> None:
+    with override_settings(TASKS={"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}):
+        assert checks.check_task_backend(None) == []
+
+
+# -- W008: the client's static files -----------------------------------------------------------
+
+
+def test_assets_hidden_from_the_finders_are_w008() -> None:
+    # Only the file-system finder, with no directories: the app's own static/ is not searched.
+    with override_settings(
+        STATICFILES_FINDERS=["django.contrib.staticfiles.finders.FileSystemFinder"],
+        STATICFILES_DIRS=[],
+    ):
+        (warning,) = checks.check_static_assets(None)
+    assert warning.id == "django_sse.W008"
+    assert "django_sse/django_sse.js" in warning.msg and "django_sse/django_sse.css" in warning.msg
+
+
+def test_without_staticfiles_the_assets_must_be_in_static_root(tmp_path: Path) -> None:
+    apps = [a for a in test_settings.INSTALLED_APPS if a != "django.contrib.staticfiles"]
+    with override_settings(INSTALLED_APPS=apps, STATIC_ROOT=str(tmp_path)):
+        assert ids(checks.check_static_assets(None)) == ["django_sse.W008"]
+        for asset in checks.ASSETS:
+            (tmp_path / asset).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / asset).write_text("/* collected */")
+        assert checks.check_static_assets(None) == []
