@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from django_sse.resume import base36
 from tests.live_servers import (
     CSRF_COOKIE,
     KIB,
@@ -115,16 +116,6 @@ def job_url(job_id: str, query: str = "") -> str:
 
 
 SESSION_URL = "/sse/events/"
-
-
-def base36(number: int) -> str:
-    digits = string.digits + string.ascii_lowercase
-    out = ""
-    while True:
-        number, rest = divmod(number, 36)
-        out = digits[rest] + out
-        if number == 0:
-            return out
 
 
 def seqs(stream: RawStream) -> list[int]:
