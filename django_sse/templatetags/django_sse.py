@@ -6,7 +6,9 @@
     {% django_sse_progress job cancel=True log=True label="Export" %}
 
 The bar shows the job's current state as rendered (no script needed to see it), and
-``django_sse.js`` keeps every bar of the page up to date through one connection.
+``django_sse.js`` keeps every bar of the page up to date through one connection. A finished
+job's bar says how it ended ("Done", "Failed: ...", "Cancelled"), the same words the script
+writes when the job ends while the page is open, so a reload shows what the page showed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext, pgettext
 
-from django_sse.models import Job
+from django_sse.models import ACTIVE_STATUSES, FINISHED_STATUSES, Job
 
 register = template.Library()
 
@@ -52,6 +54,9 @@ def client_labels() -> dict[str, str]:
     labels = {str(value): str(label) for value, label in Job.Status.choices}
     labels.update(
         cancel_requested=gettext("Stopping…"),
+        # The message once the job has ended ({error} is filled in by the script).
+        done=gettext("Done"),
+        failed_error=gettext("Failed: {error}"),
         # Only a lost connection is worth a word; the bar says the rest.
         connecting="",
         open="",
@@ -61,8 +66,35 @@ def client_labels() -> dict[str, str]:
         progress=gettext("{current} of {total} ({percent}%)"),
         cancel_failed=gettext("The job could not be cancelled. Try again."),
         stopped=gettext("Live updates stopped. Reload the page to see the latest."),
+        # Not live (see django_sse.js): no answer within a few seconds, or an answer that is
+        # not an event stream; the stylesheet did not load.
+        stalled=gettext("Live updates are unavailable: the server does not answer."),
+        unavailable=gettext("Live updates are unavailable: the server did not send them."),
+        stylesheet_missing=gettext(
+            "The progress bar cannot be drawn: its stylesheet did not load."
+        ),
     )
     return labels
+
+
+def cancel_pending(job: Job) -> bool:
+    """A cancel was asked and the job still runs: the bar says "Stopping…"."""
+    return job.cancel_requested_at is not None and job.status in ACTIVE_STATUSES
+
+
+def status_message(job: Job) -> str:
+    """The bar's message: how a finished job ended, "Stopping…" while a cancel is pending,
+    else the last progress message. The script writes the same on the live events."""
+    # Plain strings, as in models.FINISHED_STATUSES (django-stubs types the members as tuples).
+    if job.status == "succeeded":
+        return gettext("Done")
+    if job.status == "failed" and job.error:
+        return gettext("Failed: {error}").format(error=job.error)
+    if job.status in FINISHED_STATUSES:
+        return str(job.get_status_display())  # "Failed", "Cancelled"
+    if cancel_pending(job):
+        return gettext("Stopping…")
+    return job.message
 
 
 def _log_lines(job: Job) -> list[str]:
@@ -95,9 +127,10 @@ def django_sse_progress(
     """An accessible progress bar for ``job``, kept live by ``django_sse.js``.
 
     ``cancel=True`` adds a Cancel button (POST to ``django_sse:job-cancel``), ``log=True`` the
-    job's ``log`` events as a list, ``label`` replaces the job's name, and ``events`` names
-    custom event types (comma-separated) that the page listens for (DOM events
-    ``django-sse:<type>`` on the bar's element).
+    job's ``log`` events as a list, ``label`` a visible label (without it the job's name names
+    the bar for screen readers only: the page around it usually shows the name already), and
+    ``events`` names custom event types (comma-separated) that the page listens for (DOM
+    events ``django-sse:<type>`` on the bar's element).
     """
     if not isinstance(job, Job):
         raise template.TemplateSyntaxError(
@@ -111,6 +144,9 @@ def django_sse_progress(
         "job": job,
         "dom_id": dom_id,
         "label": label if label is not None else (job.name or pgettext("job name", "Job")),
+        "label_shown": label is not None,
+        "message": status_message(job),
+        "stopping": cancel_pending(job),
         "events_url": reverse("django_sse:events"),
         "cancel_url": reverse("django_sse:job-cancel", kwargs={"job_id": job.pk}),
         "cancel": cancel,
@@ -158,7 +194,8 @@ def sharing_identity(request: HttpRequest | None) -> str:
 @register.simple_tag(takes_context=True)
 def django_sse_assets(context: template.Context) -> SafeString:
     """The client script and its stylesheet (``defer``: it binds once the page is parsed),
-    and the session's sharing tag (see ``sharing_identity``)."""
+    and the session's sharing tag (see ``sharing_identity``). The script checks that the
+    stylesheet marked ``data-django-sse-stylesheet`` loaded, and says so on the bars if not."""
     identity = sharing_identity(context.get("request"))
     meta = (
         format_html('<meta name="django-sse-identity" content="{}">\n', identity)
@@ -166,7 +203,8 @@ def django_sse_assets(context: template.Context) -> SafeString:
         else ""
     )
     return format_html(
-        '{}<link rel="stylesheet" href="{}">\n<script src="{}" defer></script>',
+        '{}<link rel="stylesheet" href="{}" data-django-sse-stylesheet>\n'
+        '<script src="{}" defer></script>',
         meta,
         static("django_sse/django_sse.css"),
         static("django_sse/django_sse.js"),

@@ -1,100 +1,11 @@
 // The client's Cancel button sends the CSRF token only to the page's own origin.
 // Run with `node --test tests/js/` (tests/test_js.py does, from pytest); no npm packages.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { test } from "node:test";
-import vm from "node:vm";
 
-const SCRIPT = readFileSync(
-  new URL("../../django_sse/static/django_sse/django_sse.js", import.meta.url),
-  "utf8"
-);
-const PAGE = "https://app.example/reports/?month=10";
+import { FakeElement, PAGE, load } from "./support/fake-browser.mjs";
+
 const JOB = "6f1c2a4e-0000-4000-8000-000000000001";
-
-// Just enough of a DOM element for bind(): attributes, children, [name] / [name="value"]
-// selectors, listeners.
-class FakeElement {
-  constructor(attributes = {}, children = []) {
-    this.attributes = new Map(Object.entries(attributes));
-    this.children = children;
-    this.parent = null;
-    this.listeners = new Map();
-    this.textContent = "";
-    this.hidden = false;
-    this.disabled = false;
-    for (const child of children) {
-      child.parent = this;
-    }
-  }
-  getAttribute(name) {
-    return this.attributes.has(name) ? this.attributes.get(name) : null;
-  }
-  hasAttribute(name) {
-    return this.attributes.has(name);
-  }
-  setAttribute(name, value) {
-    this.attributes.set(name, String(value));
-  }
-  matches(selector) {
-    const [, name, value] = selector.match(/^\[([\w-]+)(?:="([^"]*)")?\]$/);
-    return this.hasAttribute(name) && (value === undefined || this.getAttribute(name) === value);
-  }
-  closest(selector) {
-    for (let node = this; node; node = node.parent) {
-      if (node.matches(selector)) {
-        return node;
-      }
-    }
-    return null;
-  }
-  querySelectorAll(selector) {
-    const found = [];
-    const walk = (node) => {
-      for (const child of node.children) {
-        if (child.matches(selector)) {
-          found.push(child);
-        }
-        walk(child);
-      }
-    };
-    walk(this);
-    return found;
-  }
-  addEventListener(type, listener) {
-    this.listeners.set(type, listener);
-  }
-}
-
-// A fresh copy of the client in a fake window; what it fetches and logs is recorded.
-function load() {
-  const fetched = [];
-  const errors = [];
-  const location = new URL(PAGE);
-  const window = {
-    location: { href: location.href, origin: location.origin },
-    document: {
-      readyState: "loading", // no automatic bind(): each test binds its own markup
-      baseURI: location.href,
-      cookie: "csrftoken=s3cret-token",
-      addEventListener() {},
-      querySelector() {
-        return null;
-      },
-    },
-    console: { error: (...args) => errors.push(args) },
-    fetch: async (url, init) => {
-      fetched.push({ url, init });
-      return { status: 202 };
-    },
-    Element: FakeElement,
-    URL,
-    setTimeout,
-  };
-  window.window = window;
-  vm.runInNewContext(SCRIPT, window);
-  return { DjangoSSE: window.DjangoSSE, fetched, errors };
-}
 
 // A finished job (so bind() opens no stream) with a Cancel button and an error line.
 function jobWithCancel(cancelUrl) {

@@ -24,7 +24,8 @@
  *        share: true,                 // one connection for all tabs (the default)
  *        onEvent(type, data, id) {}, onStart(data) {}, onProgress(data) {},
  *        onSuccess(result) {}, onFailure(error) {}, onCancelRequested(data) {}, onCancel(data) {},
- *        onStatus(state) {},          // "connecting" | "open" | "reconnecting" | "closed"
+ *        onStatus(state) {},          // "connecting" | "open" | "reconnecting" | "stalled"
+ *                                     // (no answer yet, see OPEN_TIMEOUT_MS) | "closed"
  *      });
  *      watcher.close();
  *
@@ -33,6 +34,12 @@
  * it has not seen yet from the leader's memory; when that cannot be proven gapless, the tab
  * opens a connection of its own. When the leader closes, another tab takes over and resumes
  * where it was. Browsers without those APIs get one connection per tab.
+ *
+ * Not live: a stream that has not answered after OPEN_TIMEOUT_MS (a WSGI server holds a
+ * streaming response back until it ends), a first answer that is not an event stream (a login
+ * page, an error page, a 404) and a stylesheet that did not load are said on the bar and, with
+ * what to check, in the console. The tag renders a "script did not load" text that bind()
+ * replaces, for the case where this file itself is missing.
  */
 (function (root) {
   "use strict";
@@ -52,6 +59,26 @@
   const BUFFER_EVENTS = 5000;
   const SYNC_TIMEOUT_MS = 3000;
   const TAKEOVER_DELAY_MS = 100;
+  // A stream that sends no response headers for this long is not live: a WSGI server (runserver
+  // without daphne, gunicorn's sync workers) collects a streaming response before sending it.
+  const OPEN_TIMEOUT_MS = 5000;
+
+  // What the console says when the stream is not live: for the developer, in English.
+  const ASGI_HINT =
+    "run an ASGI server: put 'daphne' first in INSTALLED_APPS (before " +
+    "django.contrib.staticfiles) with ASGI_APPLICATION set, or serve with daphne or uvicorn";
+  const STALLED_HINT =
+    "A WSGI server (manage.py runserver without daphne, gunicorn's sync workers) holds a " +
+    "streaming response back until it ends: " +
+    ASGI_HINT +
+    ". Behind a proxy, check that it does not buffer the response (nginx: X-Accel-Buffering).";
+  const REFUSED_HINT =
+    "Look at that request in the Network tab: a 404 or a 204 means the server will not stream " +
+    "these jobs to this visitor (logged out? another session?); a redirect or an HTML page " +
+    "means a login page or an error page answered (is the URL behind a login-required " +
+    "middleware? does the server log an error?). Under a WSGI server, " +
+    ASGI_HINT +
+    ".";
 
   // The server sends JSON, but a custom event from another publisher might not be: hand such
   // data over as the raw string rather than dropping the event.
@@ -162,6 +189,8 @@
     let state = null;
     let closed = false;
     let source = null;
+    let opened = false; // did this connection (or the leader's) ever open?
+    let openTimer = null;
     let role = "joining"; // then "leader", "follower" or "alone" (a connection of its own)
     let syncing = false;
     let syncTimer = null;
@@ -265,10 +294,25 @@
     // -- this tab's own connection ------------------------------------------------------------
 
     function connect() {
-      setState(state === null || state === "connecting" ? "connecting" : "reconnecting");
-      source = new root.EventSource(withResumePoint(url, resumeId()), {
+      const first = state === null || state === "connecting" || state === "stalled";
+      setState(first ? "connecting" : "reconnecting");
+      const target = withResumePoint(url, resumeId());
+      source = new root.EventSource(target, {
         withCredentials: Boolean(options.withCredentials),
       });
+      if (!opened) {
+        clearTimeout(openTimer);
+        openTimer = setTimeout(() => {
+          // Still waiting for the first answer (an error or an open would have cleared it).
+          if (!closed && !opened && state === "connecting") {
+            console.warn(
+              `DjangoSSE: no answer from ${target} after ${OPEN_TIMEOUT_MS / 1000} s. ` +
+                STALLED_HINT
+            );
+            setState("stalled");
+          }
+        }, OPEN_TIMEOUT_MS);
+      }
       for (const type of types) {
         source.addEventListener(type, (event) => {
           if (!closed && isServerEvent(event)) {
@@ -278,6 +322,8 @@
       }
       source.addEventListener("open", (event) => {
         if (!closed && !isServerEvent(event)) {
+          clearTimeout(openTimer);
+          opened = true;
           setState("open");
         }
       });
@@ -289,9 +335,17 @@
         // send), 404 (no such job, or not yours) or something that is not an event stream.
         // Otherwise the connection dropped and the browser retries on its own, sending
         // Last-Event-ID so that the stream resumes without a gap.
+        clearTimeout(openTimer);
         if (source.readyState === root.EventSource.CLOSED) {
-          post({ t: "end" });
-          close();
+          if (!opened) {
+            console.error(
+              `DjangoSSE: ${target} did not answer with an event stream (status 200, ` +
+                "Content-Type text/event-stream), so the browser gave up. " +
+                REFUSED_HINT
+            );
+          }
+          post({ t: "end", opened });
+          close({ opened });
         } else {
           setState("reconnecting");
         }
@@ -363,6 +417,7 @@
             for (const missed of message.msgs) {
               deliver(missed);
             }
+            opened = opened || !message.state || message.state === "open";
             setState(message.state || "open");
           }
           break;
@@ -373,6 +428,7 @@
           break;
         case "state":
           if (!syncing && message.state !== "closed") {
+            opened = opened || message.state === "open";
             setState(message.state);
           }
           break;
@@ -382,7 +438,7 @@
           break;
         case "end":
           if (!syncing) {
-            close();
+            close({ opened: message.opened !== false });
           }
           break;
         default:
@@ -460,12 +516,14 @@
         });
     }
 
-    function close() {
+    // `info.opened`: false when the server never answered with an event stream.
+    function close(info = { opened: true }) {
       if (closed) {
         return;
       }
       closed = true;
       clearTimeout(syncTimer);
+      clearTimeout(openTimer);
       if (source) {
         source.close();
       }
@@ -480,7 +538,7 @@
         channel = null;
       }
       state = null;
-      call(sink.status, "closed");
+      call(sink.status, "closed", info);
     }
 
     if (canShare()) {
@@ -491,7 +549,7 @@
     }
 
     return {
-      close,
+      close: () => close(),
       get state() {
         return closed ? "closed" : state;
       },
@@ -598,11 +656,17 @@
     failed: "Failed",
     cancelled: "Cancelled",
     cancel_requested: "Stopping…",
+    // What the message part says once the job has ended.
+    done: "Done",
+    failed_error: "Failed: {error}",
     connecting: "",
     open: "",
     reconnecting: "Reconnecting…",
     closed: "",
     stopped: "Live updates stopped. Reload the page to see the latest.",
+    stalled: "Live updates are unavailable: the server does not answer.",
+    unavailable: "Live updates are unavailable: the server did not send them.",
+    stylesheet_missing: "The progress bar cannot be drawn: its stylesheet did not load.",
     progress: "{current} of {total} ({percent}%)",
     cancel_failed: "The job could not be cancelled.",
   };
@@ -677,6 +741,7 @@
     element.setAttribute("data-django-sse-status", status);
     setText(element, "status", labels[status] || status);
     if (!ACTIVE_STATUSES.has(status)) {
+      element.removeAttribute("data-django-sse-cancel-requested");
       for (const button of parts(element, "cancel")) {
         button.hidden = true;
       }
@@ -697,8 +762,11 @@
         }
         break;
       case "cancel_requested":
-        element.setAttribute("data-django-sse-cancel-requested", "");
-        setText(element, "message", labels.cancel_requested);
+        // "Stopping…" only while the job still runs: the task may also end otherwise.
+        if (isActive(element)) {
+          element.setAttribute("data-django-sse-cancel-requested", "");
+          setText(element, "message", labels.cancel_requested);
+        }
         break;
       case "succeeded": {
         const bar = parts(element, "progress")[0];
@@ -707,19 +775,26 @@
           showProgress(element, labels, total, total);
         }
         setStatus(element, labels, "succeeded");
+        setText(element, "message", labels.done);
         for (const part of parts(element, "result")) {
           part.textContent = JSON.stringify(payload.result ?? null, null, 2);
           part.hidden = false;
         }
         break;
       }
-      case "failed":
+      case "failed": {
+        const error = payload.error ? String(payload.error) : "";
         setStatus(element, labels, "failed");
-        setText(element, "error", payload.error ? String(payload.error) : "");
+        setText(element, "message", error ? format(labels.failed_error, { error }) : labels.failed);
+        // Markup without a message part shows the error in its error part.
+        if (parts(element, "message").length === 0) {
+          setText(element, "error", error);
+        }
         break;
+      }
       case "cancelled":
         setStatus(element, labels, "cancelled");
-        setText(element, "message", "");
+        setText(element, "message", labels.cancelled);
         break;
       default:
         break;
@@ -738,9 +813,50 @@
     }
   }
 
+  // The connection part: the connection's state when it is worth a word, else the missing
+  // stylesheet if it is.
   function setConnection(element, labels, connection) {
     element.setAttribute("data-django-sse-connection", connection);
-    setText(element, "connection", labels[connection] ?? "");
+    const text = labels[connection] ?? "";
+    const assets = stylesheetMissing ? labels.stylesheet_missing : "";
+    setText(element, "connection", text || assets);
+  }
+
+  /*
+   * The stylesheet {% django_sse_assets %} links (<link data-django-sse-stylesheet>) sets
+   * --django-sse-stylesheet on the root element. Once the page has loaded, a linked stylesheet
+   * whose property is not there did not load: a 404, when the static files are not served.
+   * Pages that link no such stylesheet (styles of their own) are not checked.
+   */
+  let stylesheetMissing = false;
+
+  function checkStylesheet() {
+    const link = document.querySelector("link[data-django-sse-stylesheet]");
+    if (!link || typeof root.getComputedStyle !== "function") {
+      return;
+    }
+    const check = () => {
+      const style = root.getComputedStyle(document.documentElement);
+      if (stylesheetMissing || style.getPropertyValue("--django-sse-stylesheet").trim() !== "") {
+        return;
+      }
+      stylesheetMissing = true;
+      console.error(
+        `DjangoSSE: the stylesheet ${link.href} did not load, so the progress bars cannot be ` +
+          "drawn. Serve the static files: runserver does with DEBUG=True; otherwise run " +
+          "collectstatic and serve STATIC_ROOT (WhiteNoise, or your web server), or wrap the " +
+          "ASGI application in ASGIStaticFilesHandler while DEBUG is on."
+      );
+      for (const element of document.querySelectorAll("[data-django-sse-bound]")) {
+        const connection = element.getAttribute("data-django-sse-connection") || "connecting";
+        setConnection(element, labelsOf(element), connection);
+      }
+    };
+    if (document.readyState === "complete") {
+      check();
+    } else {
+      root.addEventListener("load", check, { once: true });
+    }
   }
 
   function csrfToken() {
@@ -818,9 +934,9 @@
       wireCancel(element, labels);
       const url = element.getAttribute("data-django-sse-url");
       const job = (element.getAttribute("data-django-sse-job") || "").trim().toLowerCase();
-      if (!isActive(element)) {
-        setConnection(element, labels, "closed"); // the page already shows all of it
-      }
+      // Finished: the page already shows all of it. Either way this replaces the text the tag
+      // renders for a page whose script did not load.
+      setConnection(element, labels, isActive(element) ? "connecting" : "closed");
       if (!url || !UUID.test(job)) {
         console.error("DjangoSSE: not bound, needs data-django-sse-url and a job UUID:", element);
         continue;
@@ -932,11 +1048,13 @@
             }
           }
         },
-        status(connection) {
+        status(connection, info) {
+          // Closed with jobs still running: the server refused the stream or it failed for
+          // good, before it ever sent one ("unavailable") or later ("stopped"). Say so rather
+          // than leave a bar that looks alive.
+          const ended = info && info.opened === false ? "unavailable" : "stopped";
           for (const [job, elements] of jobs) {
-            // Closed with jobs still running: the server refused the stream or it failed
-            // for good. Say so rather than leave a bar that looks alive.
-            const state = connection === "closed" && running.has(job) ? "stopped" : connection;
+            const state = connection === "closed" && running.has(job) ? ended : connection;
             for (const element of elements) {
               setConnection(element, labelsOf(element), state);
             }
@@ -957,8 +1075,12 @@
 
   // Bind what the page holds once it is parsed ("defer" scripts run just before that).
   if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", () => bind());
+    document.addEventListener("DOMContentLoaded", () => {
+      bind();
+      checkStylesheet();
+    });
   } else {
     bind();
+    checkStylesheet();
   }
 })(window);

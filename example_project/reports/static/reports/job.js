@@ -34,6 +34,8 @@
     connecting: "Connecting…",
     open: "Live",
     reconnecting: "Connection lost, reconnecting…",
+    // No answer after a few seconds: a WSGI server, say (django_sse.js tells the console why).
+    stalled: "Live updates are unavailable: the server does not answer.",
     closed: "Stream closed; reload the page to try again.",
   };
 
