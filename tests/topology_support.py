@@ -323,6 +323,14 @@ class Publisher:
             start_publisher(env, job_id, steps, interval)
         )
 
+    def pause(self) -> None:
+        """Hold the publisher (SIGSTOP) where it is, to resume it when a test has seen a state
+        it needs (a publisher paced by the clock would otherwise race a slow restart)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def finish(self, timeout: float = 30) -> Published:
         out, err = self.process.communicate(timeout=timeout)
         times: dict[int, float] = {}
@@ -416,6 +424,10 @@ class Subscriber(threading.Thread):
 
     def opened(self) -> bool:
         return any(c.status == 200 for c in self.connections)
+
+    def established(self) -> int:
+        """How many connections the server answered with 200."""
+        return sum(1 for c in list(self.connections) if c.status == 200)
 
     def missing(self, expected: Iterable[int]) -> list[int]:
         got = set(self.seqs)
