@@ -331,6 +331,57 @@ class ExampleSite:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+# What ``manage.py runserver`` serves when ``daphne`` is not in INSTALLED_APPS: Django's
+# threaded WSGI server, static files included. It collects a streaming response before it sends
+# a byte, so a stream never answers.
+WSGI_SERVER_PY = """
+import sys
+import django
+django.setup()
+from django.contrib.staticfiles.handlers import StaticFilesHandler
+from django.core.servers.basehttp import run
+from django.core.wsgi import get_wsgi_application
+run("127.0.0.1", int(sys.argv[1]), StaticFilesHandler(get_wsgi_application()), threading=True)
+"""
+
+
+@dataclass
+class WsgiServer:
+    """The example served by Django's WSGI server (as runserver without daphne would)."""
+
+    port: int
+    log: LogFile
+    process: subprocess.Popen[bytes]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@contextlib.contextmanager
+def wsgi_server(site: ExampleSite, timeout: float = 20) -> Iterator[WsgiServer]:
+    port = free_port()
+    log = LogFile(site.tmp / "wsgi.log")
+    with open(log.path, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", WSGI_SERVER_PY, str(port)],
+            cwd=ROOT,
+            env=site.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = WsgiServer(port, log, process)
+    try:
+        wait_listening(process, port, lambda: log.text()[-4000:], timeout, 0.05, name="WSGI")
+        yield server
+    finally:
+        server.stop()
+
+
 @contextlib.contextmanager
 def example_site(step_seconds: float) -> Iterator[ExampleSite]:
     site = ExampleSite(step_seconds)
