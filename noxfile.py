@@ -5,6 +5,7 @@ every other supported Python.
     nox -s tests-3.11            # Django 5.2 on Python 3.11, every service setup
     nox -s lint
     nox -s docs                  # the Sphinx site in docs/, warnings as errors
+    nox -s package               # build, twine check, install the wheel alone, smoke-test it
     nox -s compat                # the quick suite on the other Pythons
 
 Each ``tests`` session runs the suite three times: SQLite + in-memory layer, PostgreSQL + Redis
@@ -21,11 +22,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 import nox
 
-nox.options.sessions = ["lint", "docs", "tests", "compat"]
+nox.options.sessions = ["lint", "docs", "package", "tests", "compat"]
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 # The stdlib venv: virtualenv cannot resolve some pyenv builds (3.10 here).
 nox.options.default_venv_backend = "venv"
@@ -70,6 +72,37 @@ def docs(session: nox.Session) -> None:
     session.run(
         "sphinx-build", "-W", "--keep-going", "-E", "-b", "html", "docs", "docs/_build/html"
     )
+
+
+@nox.session(python="3.11")
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel (the wheel from the sdist), ``twine check`` them, install
+    the wheel alone into a fresh virtualenv and smoke-test it from an empty directory: the files
+    it ships, then a job's event streamed by Daphne (tests/package_smoke.py)."""
+    session.install("build>=1.2", "twine>=5")
+    root = Path(__file__).resolve().parent
+    work = Path(session.create_tmp()).resolve() / "package"
+    shutil.rmtree(work, ignore_errors=True)
+    dist, venv, run = work / "dist", work / "venv", work / "run"
+    run.mkdir(parents=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), str(root))
+    [sdist], [wheel] = sorted(dist.glob("*.tar.gz")), sorted(dist.glob("*.whl"))
+    session.run("twine", "check", "--strict", str(sdist), str(wheel))
+    # The stdlib venv of the session's interpreter: nothing but pip and the wheel's dependencies.
+    session.run("python", "-m", "venv", str(venv))
+    python = str(venv / "bin" / "python")
+    session.run(python, "-m", "pip", "install", "--quiet", str(wheel), external=True)
+    with session.chdir(run):
+        session.run(
+            python,
+            "-I",  # neither the script's directory nor PYTHON* variables on sys.path
+            str(root / "tests" / "package_smoke.py"),
+            str(wheel),
+            str(sdist),
+            str(root / "django_sse"),
+            external=True,
+            env={"DJANGO_SETTINGS_MODULE": "", "PYTHONPATH": ""},
+        )
 
 
 # The live abuse suite (Daphne and uvicorn under attack) and the network-namespace suite run
