@@ -11,10 +11,10 @@ every other supported Python.
 Each ``tests`` session runs the suite three times: SQLite + in-memory layer, PostgreSQL + Redis
 core layer, PostgreSQL + Redis pub/sub layer (tests marked ``pgredis`` always use PostgreSQL and
 Redis, so they run in the last two only). The abuse suite (``abuse``) and the network-namespace
-suite (``netns``) run in one cell each (``ONCE_ONLY``). DATABASE_URL and REDIS_URL name the
-services (default: postgres://postgres@127.0.0.1:5432/test and redis://127.0.0.1:6379/0). A
-service that cannot be reached skips its runs with a message naming it, except under CI=true,
-where it fails.
+suite (``netns``) run in one cell each, the run-example tests (``runexample``) once per Python
+(``ONCE_ONLY``). DATABASE_URL and REDIS_URL name the services (default:
+postgres://postgres@127.0.0.1:5432/test and redis://127.0.0.1:6379/0). A service that cannot be
+reached skips its runs with a message naming it, except under CI=true, where it fails.
 """
 
 from __future__ import annotations
@@ -108,14 +108,23 @@ def package(session: nox.Session) -> None:
 # The live abuse suite (Daphne and uvicorn under attack) and the network-namespace suite run
 # once each, in the cells where they matter: the abuse suite on PostgreSQL + Redis pub/sub (the
 # production topology), the namespace suite on SQLite (a server inside a namespace reaches no
-# service). Both are left out of every other cell.
-ONCE_ONLY = {"abuse": ("3.11", "pubsub"), "netns": ("3.11", "sqlite")}
+# service). Both are left out of every other cell. The run-example tests run once per Python
+# (None: any), on SQLite: they give the script a SQLite file of its own in every cell.
+ONCE_ONLY: dict[str, tuple[str | None, str]] = {
+    "abuse": ("3.11", "pubsub"),
+    "netns": ("3.11", "sqlite"),
+    "runexample": (None, "sqlite"),
+}
 
 
 def markers(python: str, cell: str, base: str = "") -> str:
     """The ``-m`` expression of one pytest run of the ``tests`` session."""
     parts = [base] if base else []
-    parts += [f"not {m}" for m, (py, where) in ONCE_ONLY.items() if (py, where) != (python, cell)]
+    parts += [
+        f"not {m}"
+        for m, (py, where) in ONCE_ONLY.items()
+        if where != cell or py not in (None, python)
+    ]
     return " and ".join(parts)
 
 

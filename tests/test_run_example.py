@@ -27,7 +27,7 @@ import pytest
 from tests.browser_support import unavailable
 from tests.processes import ROOT, child_env, free_port, read_log, wait_listening, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.runexample, pytest.mark.timeout(120)]
 
 SCRIPT = ROOT / "scripts" / "run-example"
 MANAGE = str(ROOT / "example_project" / "manage.py")
