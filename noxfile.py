@@ -11,10 +11,11 @@ every other supported Python.
 Each ``tests`` session runs the suite three times: SQLite + in-memory layer, PostgreSQL + Redis
 core layer, PostgreSQL + Redis pub/sub layer (tests marked ``pgredis`` always use PostgreSQL and
 Redis, so they run in the last two only). The abuse suite (``abuse``) and the network-namespace
-suite (``netns``) run in one cell each, the run-example tests (``runexample``) once per Python
-(``ONCE_ONLY``). DATABASE_URL and REDIS_URL name the services (default:
-postgres://postgres@127.0.0.1:5432/test and redis://127.0.0.1:6379/0). A service that cannot be
-reached skips its runs with a message naming it, except under CI=true, where it fails.
+suite (``netns``) run in one cell each, the run-example and Quick start tests (``runexample``,
+``quickstart``: SQLite projects of their own) once per Python (``ONCE_ONLY``). DATABASE_URL
+and REDIS_URL name the services (default: postgres://postgres@127.0.0.1:5432/test and
+redis://127.0.0.1:6379/0). A service that cannot be reached skips its runs with a message
+naming it, except under CI=true, where it fails.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ ONCE_ONLY: dict[str, tuple[str | None, str]] = {
     "abuse": ("3.11", "pubsub"),
     "netns": ("3.11", "sqlite"),
     "runexample": (None, "sqlite"),
+    "quickstart": (None, "sqlite"),
 }
 
 

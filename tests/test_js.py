@@ -1,8 +1,8 @@
 """The browser client's unit tests (``tests/js/``, Node's built-in runner), run from pytest.
 
 They need Node 20+ and no npm package: ``tests/js/support/`` fakes the browser APIs the client
-uses (a DOM, EventSource, timers), and Node's runner runs only the ``*.test.mjs`` files. Without ``node`` the test is skipped, except under
-``CI=true``, where it fails: CI must run them.
+uses (a DOM, EventSource, timers), and Node's runner runs only the ``*.test.mjs`` files.
+Without ``node`` the test is skipped, except under ``CI=true``, where it fails: CI must run them.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ from tests.quickstart_support import (
     thread_way,
 )
 
+# A project of its own on SQLite, whatever DATABASE_URL says: nox runs it in the SQLite cells only.
+pytestmark = pytest.mark.quickstart
+
 JOB_PATH = re.compile(r"/reports/(?P<job>[0-9a-f-]{36})/$")
 # The snippet's job: 20 steps of 0.2 s. Bounds on waiting for it, not its pace.
 STEPS = 20
