@@ -145,3 +145,28 @@ test("watch() reports 'stalled' while the stream does not answer, then 'open'", 
   sources[0].open();
   assert.deepEqual(states, ["connecting", "stalled", "open"]);
 });
+
+test("a finished bar beside a running one says nothing about the connection", () => {
+  // Both on one stream (finished jobs are listed so that tabs share it): only the running
+  // bar is not live; the finished one already shows all there is.
+  const browser = load();
+  const running = bar();
+  const finished = bar({
+    status: "succeeded",
+    attributes: { "data-django-sse-job": "6f1c2a4e-0000-4000-8000-000000000002" },
+  });
+  for (const rendered of [running, finished]) {
+    browser.page.children.push(rendered.element);
+    rendered.element.parent = browser.page;
+  }
+  browser.domReady();
+  assert.equal(browser.sources.length, 1);
+  browser.clock.tick(OPEN_TIMEOUT_MS);
+  assert.equal(visible(running.parts.connection), STALLED);
+  assert.equal(visible(finished.parts.connection), "");
+  assert.equal(connectionOf(finished.element), "closed");
+  browser.sources[0].open();
+  browser.sources[0].fail(FakeEventSource.CONNECTING);
+  assert.equal(visible(running.parts.connection), "Reconnecting…");
+  assert.equal(visible(finished.parts.connection), "");
+});

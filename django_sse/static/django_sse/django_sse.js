@@ -1051,10 +1051,14 @@
         status(connection, info) {
           // Closed with jobs still running: the server refused the stream or it failed for
           // good, before it ever sent one ("unavailable") or later ("stopped"). Say so rather
-          // than leave a bar that looks alive.
+          // than leave a bar that looks alive. A job that has ended (as rendered, or since)
+          // shows all there is: the connection's state is no concern of its bar.
           const ended = info && info.opened === false ? "unavailable" : "stopped";
           for (const [job, elements] of jobs) {
-            const state = connection === "closed" && running.has(job) ? ended : connection;
+            let state = "closed";
+            if (running.has(job)) {
+              state = connection === "closed" ? ended : connection;
+            }
             for (const element of elements) {
               setConnection(element, labelsOf(element), state);
             }
