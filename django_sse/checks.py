@@ -9,6 +9,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, cast
 
+import django
 from django.apps import AppConfig
 from django.conf import settings
 from django.contrib.staticfiles import finders
@@ -300,16 +301,23 @@ def _overridden(name: str) -> bool:
     return bool(cast(Any, settings).is_overridden(name))
 
 
+def _installs_task_apps() -> bool:
+    """Whether INSTALLED_APPS holds the backport or a backend's app (``django_tasks_db``...):
+    on Django 6, where ``django.tasks`` is no app, a backend's app is the only sign."""
+    roots = {str(app).split(".")[0] for app in settings.INSTALLED_APPS}
+    return any(root.startswith("django_tasks") for root in roots)
+
+
 def _default_task_backend() -> str | None:
     """The dotted path of the task framework's default backend, if the project uses the
-    framework (the backport is installed, or ``TASKS`` is set); else None."""
-    uses_backport = "django_tasks" in settings.INSTALLED_APPS
-    if not (uses_backport or _overridden("TASKS")):
+    framework (the backport or a backend's app is installed, or ``TASKS`` is set); else
+    None."""
+    if not (_installs_task_apps() or _overridden("TASKS")):
         return None
     tasks = getattr(settings, "TASKS", None)
     if not tasks:
         # Both frameworks run tasks in the caller when TASKS is not set.
-        return _IMMEDIATE_BACKENDS[1] if uses_backport else _IMMEDIATE_BACKENDS[0]
+        return _IMMEDIATE_BACKENDS[0] if django.VERSION >= (6,) else _IMMEDIATE_BACKENDS[1]
     if not isinstance(tasks, dict) or not isinstance(tasks.get("default"), dict):
         return None  # the framework's own checks report it
     backend = tasks["default"].get("BACKEND")

@@ -220,6 +220,18 @@ def test_the_backports_immediate_backend_is_w007_also_by_default(explicit: bool)
         assert ids(checks.check_task_backend(None)) == ["django_sse.W007"]
 
 
+def test_a_backend_app_installed_without_tasks_is_w007() -> None:
+    # Django 6 has django.tasks without an app to install: a project that adds the database
+    # backend's app and forgets TASKS enqueues to the immediate backend all the same.
+    pytest.importorskip("django_tasks_db", reason="django-tasks-db is not installed")
+    apps = [*test_settings.INSTALLED_APPS, "django_tasks_db"]
+    with override_settings(INSTALLED_APPS=apps):
+        assert ids(checks.check_task_backend(None)) == ["django_sse.W007"]
+        tasks = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+        with override_settings(TASKS=tasks):
+            assert checks.check_task_backend(None) == []
+
+
 def test_a_backend_with_a_worker_is_not_w007() -> None:
     with override_settings(TASKS={"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}):
         assert checks.check_task_backend(None) == []
