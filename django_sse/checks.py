@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import django
 from django.apps import AppConfig
+from django.apps import apps as app_registry
 from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -354,7 +355,8 @@ def check_static_assets(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
 ) -> list[CheckMessage]:
     """The client's script and stylesheet must be findable, or pages show a dead bar."""
-    if "django.contrib.staticfiles" in settings.INSTALLED_APPS:
+    # By its app config's path too ("django.contrib.staticfiles.apps.StaticFilesConfig").
+    if app_registry.is_installed("django.contrib.staticfiles"):
         missing = [path for path in ASSETS if not finders.find(path)]
         where = "by the staticfiles finders (STATICFILES_FINDERS)"
     else:

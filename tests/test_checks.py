@@ -251,6 +251,17 @@ def test_assets_hidden_from_the_finders_are_w008() -> None:
     assert "django_sse/django_sse.js" in warning.msg and "django_sse/django_sse.css" in warning.msg
 
 
+def test_staticfiles_installed_by_its_app_config_is_not_w008() -> None:
+    config = "django.contrib.staticfiles.apps.StaticFilesConfig"
+    apps = [
+        config if app == "django.contrib.staticfiles" else app
+        for app in test_settings.INSTALLED_APPS
+    ]
+    assert config in apps
+    with override_settings(INSTALLED_APPS=apps, STATIC_ROOT=None):
+        assert checks.check_static_assets(None) == []
+
+
 def test_without_staticfiles_the_assets_must_be_in_static_root(tmp_path: Path) -> None:
     apps = [a for a in test_settings.INSTALLED_APPS if a != "django.contrib.staticfiles"]
     with override_settings(INSTALLED_APPS=apps, STATIC_ROOT=str(tmp_path)):
