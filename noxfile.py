@@ -12,7 +12,8 @@ Each ``tests`` session runs the suite three times: SQLite + in-memory layer, Pos
 core layer, PostgreSQL + Redis pub/sub layer (tests marked ``pgredis`` always use PostgreSQL and
 Redis, so they run in the last two only). The abuse suite (``abuse``) and the network-namespace
 suite (``netns``) run in one cell each, the run-example and Quick start tests (``runexample``,
-``quickstart``: SQLite projects of their own) once per Python (``ONCE_ONLY``). DATABASE_URL
+``quickstart``: SQLite projects of their own) and the live tests on servers other than Daphne
+(``servers``) once per Python (``ONCE_ONLY``). DATABASE_URL
 and REDIS_URL name the services (default: postgres://postgres@127.0.0.1:5432/test and
 redis://127.0.0.1:6379/0). A service that cannot be reached skips its runs with a message
 naming it, except under CI=true, where it fails.
@@ -106,13 +107,20 @@ def package(session: nox.Session) -> None:
         )
 
 
-# The live abuse suite (Daphne and uvicorn under attack) and the network-namespace suite run
-# once each, in the cells where they matter: the abuse suite on PostgreSQL + Redis pub/sub (the
-# production topology), the namespace suite on SQLite (a server inside a namespace reaches no
-# service). Both are left out of every other cell. The run-example tests run once per Python
+# The live abuse suite (Daphne, uvicorn and Granian under attack) and the network-namespace suite
+# run once each, in the cells where they matter: the abuse suite on PostgreSQL + Redis pub/sub
+# (the production topology), the namespace suite on SQLite (a server inside a namespace reaches
+# no service). Both are left out of every other cell. The run-example tests run once per Python
 # (None: any), on SQLite: they give the script a SQLite file of its own in every cell.
+#
+# The server matrix (docs/testing.rst, "Servers"): every live-server test runs on Daphne in
+# every cell. uvicorn (uvloop + httptools) and Granian run the abuse suite once (above, with
+# Granian's own bounds in test_granian.py), and, marked ``servers``, once per Python in the
+# pub/sub cell: the e2e suite (all of it on uvicorn, the smoke tests on Granian), one browser
+# test each (tests/test_servers.py) and the HTTP/2 page on Granian (tests/test_http2.py).
 ONCE_ONLY: dict[str, tuple[str | None, str]] = {
     "abuse": ("3.11", "pubsub"),
+    "servers": (None, "pubsub"),
     "netns": ("3.11", "sqlite"),
     "runexample": (None, "sqlite"),
     "quickstart": (None, "sqlite"),

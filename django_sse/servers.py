@@ -18,7 +18,9 @@ reading, not the socket. A stream needs both to stay within its bounds:
 Finding the server's objects means reading another project's internals: each reader is one
 function below, tried in turn, and answers None when the shapes it expects are not there. A
 server nobody recognises gets no ``Connection``: the stream then bounds the bytes it sends per
-connection instead (see ``streaming.py``). ``tests/test_servers.py`` checks each reader against
+connection instead (see ``streaming.py``). Granian is one: its ``send`` waits once it holds a
+few MiB for a client, but it shows neither its socket nor a way to drop the connection, so the
+byte budget is what bounds a stream there. ``tests/test_servers.py`` checks each reader against
 the real server.
 """
 
@@ -153,10 +155,10 @@ class _DaphneConnection(Connection):
 
 
 class _AsyncioConnection(Connection):
-    """An asyncio transport (uvicorn): its ``send`` waits while the transport is over its
-    high-water mark."""
+    """An asyncio (or uvloop) transport (uvicorn): its ``send`` waits while the transport is
+    over its high-water mark."""
 
-    def __init__(self, transport: asyncio.WriteTransport, server: str, backpressure: bool) -> None:
+    def __init__(self, transport: Any, server: str, backpressure: bool) -> None:
         self.transport = transport
         self.server = server
         self.backpressure = backpressure
@@ -189,9 +191,20 @@ def _uvicorn(send: Callable[..., Any]) -> Connection | None:
     if owner is None or not type(owner).__module__.startswith("uvicorn."):
         return None
     transport = getattr(owner, "transport", None)
-    if not isinstance(transport, asyncio.WriteTransport):
+    if not _is_transport(transport):
         return None
     return _AsyncioConnection(transport, "uvicorn", backpressure=True)
+
+
+def _is_transport(transport: Any) -> bool:
+    """An asyncio write transport, or one of uvloop's (``uvicorn[standard]`` runs on uvloop,
+    whose transports implement the interface without subclassing asyncio's classes)."""
+    if isinstance(transport, asyncio.WriteTransport):
+        return True
+    return all(callable(getattr(transport, name, None)) for name in _TRANSPORT_METHODS)
+
+
+_TRANSPORT_METHODS = ("write", "abort", "get_extra_info", "is_closing")
 
 
 _READERS: tuple[Callable[[Callable[..., Any]], Connection | None], ...] = (_daphne, _uvicorn)

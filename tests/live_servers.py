@@ -1,5 +1,6 @@
-"""Support of ``test_abuse.py``: live Daphne and uvicorn servers in subprocesses, their logs and
-memory, the helper tool, and raw HTTP/1.1 clients that read as slowly as a test wants (or never).
+"""Support of ``test_abuse.py``: live Daphne, uvicorn and Granian servers in subprocesses (each
+started as ``tests.processes.server_command`` says), their logs and memory, the helper tool,
+and raw HTTP/1.1 clients that read as slowly as a test wants (or never).
 
 The servers, the helper tool (``tests.abuse_tool``) and the publishers share one database: a
 SQLite file in a temporary directory, or a PostgreSQL database made for the run when
@@ -28,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.processes import (
-    ASGI_APPLICATION,
     ROOT,
+    SERVER_KINDS,
     child_env,
     close_pipes,
     create_database,
@@ -39,17 +40,17 @@ from tests.processes import (
     read_log,
     run_id,
     run_module,
-    start_daphne,
+    start_server,
     stop_process,
     wait_listening,
     wait_until,
+    worker_pid,
 )
 from tests.sse_parser import Parser
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
 USE_POSTGRES = DATABASE_URL.startswith("postgres")
-SERVER_KINDS = ("daphne", "uvicorn")
 SESSION_COOKIE = "sessionid"
 CSRF_COOKIE = "csrftoken"
 TOOL = "tests.abuse_tool"
@@ -140,6 +141,8 @@ class LiveServer:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    # The process that serves the requests (Granian's worker; the server itself otherwise).
+    serving_pid: int = 0
 
     @property
     def pid(self) -> int:
@@ -157,8 +160,8 @@ class LiveServer:
         return wait_until(lambda: regex.search(self.log(since)), timeout)
 
     def rss(self) -> int:
-        """The server's resident memory, in bytes."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
+        """The resident memory of the process that serves the requests, in bytes."""
+        status = Path(f"/proc/{self.serving_pid or self.pid}/status").read_text()
         found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
         assert found is not None, status
         return int(found.group(1)) * KIB
@@ -175,29 +178,8 @@ class LiveServer:
 def _start_process(kind: str, port: int, env: dict[str, str], log_dir: Path) -> Any:
     log_path = log_dir / f"{kind}.log"
     with open(log_path, "wb") as log, open(log_dir / "access.log", "wb") as access:
-        if kind == "daphne":
-            return (
-                start_daphne(
-                    port, env, stdout=access, stderr=log, access_log=log_dir / "daphne-access.log"
-                ),
-                log_path,
-            )
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            ASGI_APPLICATION,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--lifespan",
-            "off",
-            "--no-access-log",
-        ]
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=access, stderr=log
-        )
+        access_log = log_dir / "daphne-access.log" if kind == "daphne" else None
+        process = start_server(kind, port, env, stdout=access, stderr=log, access_log=access_log)
         return process, log_path
 
 
@@ -205,7 +187,7 @@ def _start_process(kind: str, port: int, env: dict[str, str], log_dir: Path) -> 
 def live_server(
     kind: str, env: dict[str, str], prepare: Callable[[], Any] | None = None
 ) -> Iterator[LiveServer]:
-    """A ``kind`` server ("daphne" or "uvicorn") on a free port with ``env``; ``prepare`` runs
+    """A ``kind`` server (one of ``SERVER_KINDS``) on a free port with ``env``; ``prepare`` runs
     while it starts. Stopped (SIGTERM, then SIGKILL) at the end."""
     assert kind in SERVER_KINDS, kind
     port = free_port()
@@ -215,7 +197,8 @@ def live_server(
         if prepare is not None:
             prepare()
         wait_listening(process, port, lambda: read_log(log_path), timeout=30, name=kind)
-        yield LiveServer(kind, process, port, log_path)
+        serving = worker_pid(process) if kind == "granian" else process.pid
+        yield LiveServer(kind, process, port, log_path, serving)
     finally:
         stop_process(process)
         shutil.rmtree(log_dir, ignore_errors=True)

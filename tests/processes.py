@@ -261,3 +261,77 @@ def delete_redis_keys(url: str, pattern: str, timeout: float = 5) -> int:
         return len(keys)
     finally:
         client.close()
+
+
+# -- the ASGI servers the live tests run on -----------------------------------------------------
+
+# Each as its documentation starts it. uvicorn: ``uvicorn[standard]``'s uvloop and httptools,
+# named so a missing one fails rather than falling back to asyncio and h11. Granian: its ASGI
+# interface (its default is RSGI), HTTP/1.1 and HTTP/2 on one port (``--http auto``, the default).
+SERVER_KINDS = ("daphne", "uvicorn", "granian")
+
+
+def server_command(
+    kind: str,
+    port: int,
+    application: str = ASGI_APPLICATION,
+    *,
+    access_log: Path | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The command line of a ``kind`` server of ``application`` on 127.0.0.1:``port``."""
+    if kind == "daphne":
+        options = ["--access-log", str(access_log)] if access_log is not None else []
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *options,
+                *extra, application]  # fmt: skip
+    if kind == "uvicorn":
+        return [
+            sys.executable, "-m", "uvicorn", application, "--host", "127.0.0.1",
+            "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+            "--lifespan", "off", "--no-access-log", *extra,
+        ]  # fmt: skip
+    if kind == "granian":
+        return [
+            sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+            "--port", str(port), "--no-ws", *extra, application,
+        ]  # fmt: skip
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
+def start_server(
+    kind: str,
+    port: int,
+    env: dict[str, str],
+    *,
+    stdout: IO[bytes] | int,
+    stderr: IO[bytes] | int,
+    application: str = ASGI_APPLICATION,
+    access_log: Path | None = None,
+    extra: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """A ``kind`` server (see :data:`SERVER_KINDS`) on 127.0.0.1:``port``; see
+    :func:`wait_listening`. Granian's master process forks its worker: stop the master (its
+    PID here), which stops the worker."""
+    return subprocess.Popen(
+        server_command(kind, port, application, access_log=access_log, extra=extra),
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
+def worker_pid(process: subprocess.Popen[Any], timeout: float = 10) -> int:
+    """The PID of the first child of ``process`` (Granian's worker, which serves the requests
+    and whose memory counts), waiting for it up to ``timeout``; ``process``'s own if none."""
+
+    def children() -> list[int]:
+        path = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            return []
+
+    found = wait_until(children, timeout)
+    return found[0] if found else process.pid

@@ -1,6 +1,6 @@
-"""The abuse suite: live Daphne and uvicorn servers stay calm under abuse.
+"""The abuse suite: live Daphne, uvicorn and Granian servers stay calm under abuse.
 
-Each test runs against both servers (subprocesses, see ``tests/live_servers.py``) and asserts
+Each test runs against each server (subprocesses, see ``tests/live_servers.py``) and asserts
 bounds: memory against the same server before the abuse, query counts and latencies against a
 measurement made in the same test, never absolute speed. The scenarios are scaled down from
 the ones measured on the baseline (50,000-event jobs, 20 or 1,500 sockets) to what still proves
@@ -15,6 +15,13 @@ each read (so the kernel keeps acknowledging: a client that stops for longer tha
 may rightly be dropped by a ``TCP_USER_TIMEOUT``). Events published during a test
 carry their publish time in their data (``{"t": ...}``), so that what a client received after a
 logout can be checked against the time of the logout.
+
+Granian is a server django_sse does not know (``django_sse/servers.py``): a stream there ends
+after ``MAX_BUFFERED_BYTES`` and the browser resumes, so the tests whose subject is a stream
+waiting on a client that does not read (memory, send timeout, a logout while stalled, the one
+warning of a crafted resume point, which Granian's one "no back-pressure" warning joins) run on
+the servers with back-pressure only (``BACKPRESSURE_KINDS``); ``tests/test_granian.py`` holds
+Granian's own bounds. The others run on all three.
 
 Every wait is bounded and waits for a state; all traffic goes to 127.0.0.1.
 """
@@ -40,7 +47,6 @@ from tests.live_servers import (
     CSRF_COOKIE,
     KIB,
     MIB,
-    SERVER_KINDS,
     SESSION_COOKIE,
     LiveServer,
     RawStream,
@@ -54,7 +60,12 @@ from tests.live_servers import (
     shared_database,
     wait_rss_settled,
 )
-from tests.processes import wait_until
+from tests.processes import SERVER_KINDS, wait_until
+
+# The servers whose back-pressure django_sse reads (django_sse.servers): the tests of a stream
+# waiting on its client run on these only.
+BACKPRESSURE_KINDS = ("daphne", "uvicorn")
+on_backpressure_servers = pytest.mark.parametrize("kind", BACKPRESSURE_KINDS)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -140,6 +151,7 @@ def count_events(shared: Shared, job_id: str, type_: str) -> int:
 # -- memory: never-reading and stalled clients ------------------------------------------------
 
 
+@on_backpressure_servers
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("events", "size", "sockets"),
@@ -194,6 +206,7 @@ def test_never_reading_replays_hold_bounded_memory(
         server.assert_no_errors()
 
 
+@on_backpressure_servers
 @pytest.mark.timeout(120)
 def test_stalled_live_client_memory_is_bounded(
     shared: Shared, kind: str, name: Callable[[str], str]
@@ -248,6 +261,7 @@ def test_stalled_live_client_memory_is_bounded(
         server.assert_no_errors()
 
 
+@on_backpressure_servers
 @pytest.mark.timeout(120)
 def test_stalled_client_is_cut_after_send_timeout_and_resumes_without_loss(
     shared: Shared, kind: str, name: Callable[[str], str]
@@ -340,6 +354,7 @@ def test_too_old_resume_point_is_a_first_connection(
         server.assert_no_errors()
 
 
+@on_backpressure_servers
 @pytest.mark.timeout(90)
 def test_crafted_resume_points_are_ignored_with_one_warning(
     shared: Shared, kind: str, name: Callable[[str], str]
@@ -447,6 +462,7 @@ TRICKLE_BYTES_PER_SECOND = 100 * KIB
 STALL_PUBLISH = ("--count", "1000", "--interval", "0.02", "--size", "20000")
 
 
+@on_backpressure_servers
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("output", ["json", "html"])
 def test_logout_during_slow_replay_stops_the_stream(
@@ -488,6 +504,7 @@ def test_logout_during_slow_replay_stops_the_stream(
         assert stream.ended
 
 
+@on_backpressure_servers
 @pytest.mark.timeout(120)
 def test_logout_while_direct_writes_are_stalled(
     shared: Shared, kind: str, name: Callable[[str], str]
@@ -534,6 +551,7 @@ def test_logout_while_direct_writes_are_stalled(
         assert stream.ended
 
 
+@on_backpressure_servers
 @pytest.mark.timeout(120)
 def test_logout_while_session_stream_is_stalled(
     shared: Shared, kind: str, name: Callable[[str], str]

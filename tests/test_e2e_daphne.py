@@ -1,4 +1,11 @@
-"""End-to-end tests against a real Daphne server in a subprocess, read with httpx.
+"""End-to-end tests against a real server in a subprocess, read with httpx: Daphne, uvicorn
+(``uvicorn[standard]``: uvloop, httptools) and Granian, each started as
+``tests.processes.server_command`` says, each with a database of its own.
+
+Every test runs on Daphne and uvicorn. On Granian (a server django_sse does not know, see
+``django_sse/servers.py``) the smoke tests run: delivery from another process, resume after a
+reset, refusals, heartbeats, revocation; the thread and connection counts are Daphne's and
+uvicorn's (Granian's worker runs threads of its own): ``on_daphne_and_uvicorn``.
 
 The server, a setup process and publisher processes share one real database: a SQLite file in a
 temporary directory, or a PostgreSQL database created for this run when ``DATABASE_URL`` is set
@@ -31,6 +38,7 @@ import httpx
 import pytest
 
 from tests.processes import (
+    SERVER_KINDS,
     child_env,
     close_pipes,
     create_database,
@@ -41,8 +49,8 @@ from tests.processes import (
     read_log,
     run_id,
     run_module,
-    start_daphne,
     start_publisher,
+    start_server,
     stop_process,
     wait_listening,
     wait_until,
@@ -141,8 +149,32 @@ class E2E:
         return fds_to(pid, self.db_name)
 
 
+def server_params(kinds: tuple[str, ...]) -> list[Any]:
+    """``kinds`` as parameters: Daphne's runs in every cell of the matrix, the others are
+    marked ``servers`` (once per Python in nox, see ONCE_ONLY in noxfile.py)."""
+    return [pytest.param(k, marks=() if k == "daphne" else pytest.mark.servers) for k in kinds]
+
+
+@pytest.fixture(scope="module", params=server_params(SERVER_KINDS))
+def kind(request: pytest.FixtureRequest) -> str:
+    """The server of the module's run (a test may narrow it with ``on_servers``)."""
+    return str(request.param)
+
+
+# The tests that do not run on Granian (the thread and connection counts).
+on_daphne_and_uvicorn = pytest.mark.parametrize(
+    "kind", server_params(("daphne", "uvicorn")), indirect=True
+)
+
+# What a server django_sse does not know makes it say once (it is no error there).
+UNKNOWN_SERVER_WARNING = re.compile(
+    r".*WARNING django_sse Streams are served by a server django_sse cannot read back-pressure.*\n?"
+)
+
+
 @pytest.fixture(scope="module")
-def e2e() -> Iterator[E2E]:
+def e2e(kind: str) -> Iterator[E2E]:
+    """A database of the ``kind`` run's own (its tests use up their jobs)."""
     rid = run_id()
     tmp = tempfile.mkdtemp(prefix="django_sse_e2e_")
     if USE_POSTGRES:
@@ -186,6 +218,8 @@ class Server:
     log_path: Path
     owner_session: str
     other_session: str
+    # A server django_sse does not know (Granian): it warns once that it cannot read back-pressure.
+    unknown = False  # (not a field: LoggedServer adds fields of its own)
 
     @property
     def pid(self) -> int:
@@ -201,21 +235,23 @@ class Server:
         return read_log(self.log_path, since)
 
     def assert_no_errors(self, since: int) -> None:
-        text = self.log(since)
+        text = UNKNOWN_SERVER_WARNING.sub("", self.log(since)) if self.unknown else self.log(since)
         assert not SERVER_ERRORS.search(text), f"server log has errors:\n{text}"
         assert self.process.poll() is None, f"server died:\n{text}"
 
 
 @pytest.fixture(scope="module")
-def server(e2e: E2E) -> Iterator[Server]:
+def server(kind: str, e2e: E2E) -> Iterator[Server]:
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="django_sse_e2e_log_"))
-    log_path = log_dir / "daphne.log"
+    log_path = log_dir / f"{kind}.log"
     with open(log_path, "wb") as log, open(log_dir / "access.log", "wb") as access:
-        process = start_daphne(port, e2e.env, stdout=access, stderr=log)
+        process = start_server(kind, port, e2e.env, stdout=access, stderr=log)
     try:
-        wait_listening(process, port, log_path.read_text)
-        yield Server(process, port, log_path, e2e.owner_session, e2e.other_session)
+        wait_listening(process, port, log_path.read_text, name=kind)
+        server = Server(process, port, log_path, e2e.owner_session, e2e.other_session)
+        server.unknown = kind == "granian"
+        yield server
     finally:
         stop_process(process)
         shutil.rmtree(log_dir, ignore_errors=True)
@@ -478,6 +514,7 @@ def test_resume_after_abrupt_disconnect(
     server.assert_no_errors(offset)
 
 
+@on_daphne_and_uvicorn
 @needs_proc
 def test_idle_streams_hold_no_thread_and_no_connection(server: Server, e2e: E2E) -> None:
     offset = server.log_offset()
@@ -527,6 +564,7 @@ def test_idle_streams_hold_no_thread_and_no_connection(server: Server, e2e: E2E)
     server.assert_no_errors(offset)
 
 
+@on_daphne_and_uvicorn
 @needs_proc
 def test_server_cleans_up_promptly_after_disconnect(server: Server, e2e: E2E) -> None:
     jobs = e2e.jobs[Jobs.CLEANUP]
