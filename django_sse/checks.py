@@ -36,6 +36,8 @@ _NUMBERS = {
     "RESUME_MAX_AGE_SECONDS": (float, int),
 }
 
+_BOOLEANS = ("METRICS",)
+
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
@@ -65,6 +67,15 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
             errors.append(
                 Error(
                     f"DJANGO_SSE[{key!r}] must be a positive number, not {item!r}.",
+                    hint=f"Defaults to {DEFAULTS[key]!r}.",
+                    id="django_sse.E001",
+                )
+            )
+    for key in _BOOLEANS:
+        if key in value and not isinstance(value[key], bool):
+            errors.append(
+                Error(
+                    f"DJANGO_SSE[{key!r}] must be True or False, not {value[key]!r}.",
                     hint=f"Defaults to {DEFAULTS[key]!r}.",
                     id="django_sse.E001",
                 )
@@ -185,6 +196,27 @@ def check_session_engine(
             id="django_sse.E005",
         )
     ]
+
+
+@register(Tags.compatibility)
+def check_metrics(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """Metrics asked for and prometheus_client missing: nothing would be exported (imported
+    only when the setting is on, see metrics.py)."""
+    value = getattr(settings, "DJANGO_SSE", {})
+    if not isinstance(value, dict) or value.get("METRICS") is not True:
+        return []
+    try:
+        import_module("prometheus_client")
+    except ImportError as exc:
+        return [
+            Error(
+                f"DJANGO_SSE['METRICS'] is on, but prometheus_client cannot be imported ({exc}).",
+                hint="Install django-sse-jobs[metrics] (prometheus_client 0.20 or later), or "
+                "set DJANGO_SSE['METRICS'] to False.",
+                id="django_sse.E006",
+            )
+        ]
+    return []
 
 
 @register(Tags.compatibility)

@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     # Origins ("https://app.example.com") of other sites' pages allowed to read streams with
     # the visitor's cookies (CORS). Empty: only pages of this site can.
     "CORS_ALLOWED_ORIGINS": [],
+    # Export Prometheus metrics (needs the "metrics" extra: prometheus_client), see metrics.py.
+    "METRICS": False,
 }
 
 
@@ -157,6 +159,10 @@ class Settings:
     def CORS_ALLOWED_ORIGINS(self) -> frozenset[str]:
         return frozenset(self._get("CORS_ALLOWED_ORIGINS"))
 
+    @property
+    def METRICS(self) -> bool:
+        return self._get("METRICS") is True
+
 
 conf = Settings()
 
@@ -165,3 +171,6 @@ def clear_cache(*, setting: str, **kwargs: Any) -> None:
     """``setting_changed`` receiver, connected in ``DjangoSseConfig.ready()``."""
     if setting == "DJANGO_SSE":
         conf.clear()
+        from django_sse import metrics
+
+        metrics.unbind()

@@ -97,6 +97,7 @@ class FragmentStream(JobStream):
     # Each chunk is rendered for this stream's language: not the hub's encoding, and the
     # stream stays in Django's response loop (where the language was activated).
     detachable = False
+    metric_kind = "html"
 
     def __init__(
         self,

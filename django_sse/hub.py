@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from channels.layers import BaseChannelLayer
 
+from django_sse import metrics
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.delivery import get_layer
@@ -340,6 +341,7 @@ class Hub:
                     # The database does not have what a message announced (yet): the held
                     # events wait for the next poll instead of asking again at once.
                     return
+                metrics.gap_filled(len(events))
                 for event in events:
                     if event.seq <= feed.seq:
                         continue
@@ -429,6 +431,7 @@ class Hub:
             try:
                 message = await self._layer.receive(self._channel)
             except Exception as exc:
+                metrics.layer_receive_failed()
                 if failures == 0:
                     logger.warning(
                         "Receiving from the channel layer failed (%r); retrying, and reading "

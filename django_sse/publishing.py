@@ -30,6 +30,7 @@ from django.db.models import F
 from django.db.models.signals import post_save
 from django.utils import timezone
 
+from django_sse import metrics
 from django_sse.cancellation import cancel_check
 from django_sse.conf import conf
 from django_sse.exceptions import JobFinished
@@ -301,6 +302,7 @@ def write_events(
         return _write_orm(using, job_id, entries, now, updates)
 
 
+@metrics.timed_publish
 def _record(job: Job | uuid.UUID | str, entries: Sequence[Entry]) -> list[JobEvent]:
     """Write ``entries`` as consecutive events of ``job`` in one transaction.
 

@@ -104,6 +104,7 @@ class SessionStream(EventStream):
     """The body of one SSE response following all of a visitor's jobs."""
 
     kind = "Session stream"
+    metric_kind = "session"
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from django.db import DatabaseError
 
+from django_sse import metrics
 from django_sse.admission import Ticket
 from django_sse.asgi import DETACH, Body, request_sink
 from django_sse.conf import conf
@@ -60,6 +61,8 @@ class EventStream:
     detachable: ClassVar[bool] = True
     # The name at the start of the stream's log lines.
     kind: ClassVar[str] = "Stream"
+    # The "kind" label of its metrics (metrics.py).
+    metric_kind: ClassVar[str] = "job"
 
     def __init__(
         self,
@@ -162,6 +165,7 @@ class EventStream:
             sink.attach(self.guard)
         budget = self.byte_budget = self._byte_budget(sink)
         logger.info("%s opened: %s", self.kind, self.opened_fields())
+        metrics.stream_opened(self.metric_kind)
         try:
             # First, so that even a stream cut short by a failure tells the browser when to
             # come back.
@@ -171,7 +175,7 @@ class EventStream:
             yield retry
             self._check_sink()
             await self.subscribe()
-            async with aclosing(self.replay()) as chunks:
+            async with aclosing(metrics.counted(self, self.replay(), replay=True)) as chunks:
                 async for chunk in chunks:
                     yield await self._checked(chunk, budget)
                     self._check_sink()
@@ -182,7 +186,7 @@ class EventStream:
                 self.detach(sink)
                 # Everything Django was given is sent: let the middleware take over.
                 yield DETACH
-            async with aclosing(self._live()) as chunks:
+            async with aclosing(metrics.counted(self, self._live())) as chunks:
                 async for chunk in chunks:
                     yield await self._checked(chunk, budget)
                     self._check_sink()
@@ -208,6 +212,7 @@ class EventStream:
                 self._timer.cancel()
             self.cleanup()
             self.release()
+            metrics.stream_closed(self.metric_kind, self.reason.value)
             reason = self.reason.value + (f" ({self.detail})" if self.detail else "")
             logger.info(
                 "%s closed: %s bytes=%d duration=%.1fs reason=%s",

@@ -29,6 +29,7 @@ from django.utils.translation import gettext
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST, require_safe
 
+from django_sse import metrics
 from django_sse.admission import Ticket, admission
 from django_sse.auth import authorize_stream, identify
 from django_sse.conf import conf
@@ -72,6 +73,7 @@ def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
 
 
 def _refuse(request: HttpRequest, job_id: str, reason: str) -> Http404:
+    metrics.stream_refused(reason)
     logger.info(
         "Stream refused: job=%s user=%s reason=%s",
         _untrusted(job_id),
@@ -92,6 +94,7 @@ def _admit(identity: Identity, what: str) -> Ticket | HttpResponse:
     ticket = admission.admit(identity.limit_key, conf.MAX_STREAMS_PER_IDENTITY)
     if ticket is not None:
         return ticket
+    metrics.stream_refused("too many streams")
     logger.info(
         "Stream refused: %s user=%s reason=too many streams (%d open)",
         what,
@@ -148,6 +151,7 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     or with ``?format=html`` as HTML fragments for htmx, see ``fragments.py``)."""
     output = request.GET.get("format", "json")
     if output not in FORMATS:
+        metrics.stream_refused("bad request")
         return HttpResponse(
             f"format must be one of: {', '.join(FORMATS)}.",
             status=400,
@@ -160,6 +164,7 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     except DatabaseError as exc:
         # A 5xx would make EventSource give up for good; an empty 200 stream makes it come
         # back after the retry delay. Nothing about the job is revealed.
+        metrics.stream_refused("database unavailable")
         logger.warning(
             "Stream of job %s deferred: the database is unreachable (%r); the browser will "
             "retry in %d ms.",
@@ -175,6 +180,7 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     if job.is_finished and resume >= job.last_seq:
         # The documented way to tell EventSource to stop reconnecting (a resume point past
         # the last event included: there is nothing more to send either way).
+        metrics.stream_refused("job finished")
         return _allow_origin(request, HttpResponse(status=204))
     if resume > job.last_seq:
         logger.warning(
@@ -249,15 +255,18 @@ async def session_events(request: HttpRequest) -> HttpResponseBase:
     try:
         only = parse_only(request.GET.get("jobs"))
     except ValueError as exc:
+        metrics.stream_refused("bad request")
         return HttpResponse(str(exc), status=400, content_type="text/plain; charset=utf-8")
     checked_at = asyncio.get_running_loop().time()
     try:
         _user, identity = await run_in_db_thread(identify, request)
     except DatabaseError as exc:
         logger.warning("Session stream deferred: the database is unreachable (%r).", exc)
+        metrics.stream_refused("database unavailable")
         return _stream(request, _retry_later())
     if not identity.known:
         # No user and no session: no job can be theirs, now or later. Stop reconnecting.
+        metrics.stream_refused("no session")
         return _allow_origin(request, HttpResponse(status=204))
     resume = _session_resume_point(request)
     if request.method == "HEAD":

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def test_test_settings_pass_every_check() -> None:
     assert checks.check_buffer_size(None) == []
     assert checks.check_task_backend(None) == []
     assert checks.check_static_assets(None) == []
+    assert checks.check_metrics(None) == []
 
 
 def test_a_buffer_smaller_than_four_of_the_largest_events_is_w006() -> None:
@@ -270,3 +272,31 @@ def test_without_staticfiles_the_assets_must_be_in_static_root(tmp_path: Path) -
             (tmp_path / asset).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / asset).write_text("/* collected */")
         assert checks.check_static_assets(None) == []
+
+
+# -- E006: metrics without prometheus_client ---------------------------------------------------
+
+
+def test_metrics_must_be_a_boolean() -> None:
+    with override_settings(DJANGO_SSE={"METRICS": "yes"}):
+        messages = checks.check_settings(None)
+    assert ids(messages) == ["django_sse.E001"]
+    assert "DJANGO_SSE['METRICS'] must be True or False, not 'yes'." in messages[0].msg
+    with override_settings(DJANGO_SSE={"METRICS": True}):
+        assert checks.check_settings(None) == []
+
+
+def test_metrics_on_without_prometheus_client_is_e006(monkeypatch: pytest.MonkeyPatch) -> None:
+    with override_settings(DJANGO_SSE={"METRICS": True}):
+        assert checks.check_metrics(None) == []
+        monkeypatch.setitem(sys.modules, "prometheus_client", None)
+        (error,) = checks.check_metrics(None)
+    assert isinstance(error, Error) and error.id == "django_sse.E006"
+    assert "django-sse-jobs[metrics]" in (error.hint or "")
+
+
+def test_metrics_off_need_no_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    assert checks.check_metrics(None) == []
+    with override_settings(DJANGO_SSE={"METRICS": False}):
+        assert checks.check_metrics(None) == []
