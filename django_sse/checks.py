@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import django
+from channels.layers import channel_layers
 from django.apps import AppConfig
 from django.apps import apps as app_registry
 from django.conf import settings
@@ -139,6 +140,22 @@ def check_channel_layer(
                     "channels_redis for several."
                 ),
                 id="django_sse.W001",
+            )
+        ]
+    # Channels' get_channel_layer() answers None, silently, when the layer's class raises while
+    # it is built (a missing key in its CONFIG, say): streams would then poll without a word.
+    try:
+        channel_layers.make_backend(conf.CHANNEL_LAYER)
+    except Exception as exc:
+        return [
+            Warning(
+                f"The channel layer {conf.CHANNEL_LAYER!r} cannot be built: {exc!r}.",
+                hint=(
+                    "Channels then gives no layer at all, and streams learn of new events only "
+                    "by polling the database every POLL_SECONDS. Fix the layer's BACKEND or "
+                    "CONFIG in CHANNEL_LAYERS."
+                ),
+                id="django_sse.W009",
             )
         ]
     return []

@@ -300,3 +300,20 @@ def test_metrics_off_need_no_prometheus_client(monkeypatch: pytest.MonkeyPatch) 
     assert checks.check_metrics(None) == []
     with override_settings(DJANGO_SSE={"METRICS": False}):
         assert checks.check_metrics(None) == []
+
+
+# -- W009: a channel layer that cannot be built ------------------------------------------------
+
+
+def test_a_layer_that_raises_when_built_is_w009() -> None:
+    # Channels' get_channel_layer() would answer None for it, without a word.
+    layers = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"x": 1}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        (warning,) = checks.check_channel_layer(None)
+    assert warning.id == "django_sse.W009"
+    assert "TypeError" in warning.msg and "'default'" in warning.msg
+
+
+def test_a_layer_that_cannot_be_imported_is_w009() -> None:
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "nowhere.Layer"}}):
+        assert ids(checks.check_channel_layer(None)) == ["django_sse.W009"]
