@@ -14,6 +14,7 @@ Every wait is bounded in time and in count; all traffic goes to 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ from tests.processes import (
     read_log,
     run_id,
     start_daphne,
+    start_server,
     stop_process,
     wait_listening,
 )
@@ -521,3 +523,95 @@ async ({ url, credentials, timeoutMs }) => {
   }
 }
 """
+
+
+# -- the example on other servers (tests/test_servers.py, tests/test_http2.py) ---------------
+
+
+@dataclass
+class ExampleServer(Daphne):
+    """The example served by another server of ``tests.processes.SERVER_KINDS`` (uvicorn,
+    Granian), with ``extra`` options (TLS for HTTP/2); restartable as ``Daphne``."""
+
+    kind: str = "uvicorn"
+    extra: tuple[str, ...] = ()
+    scheme: str = "http"
+    application: str = ASGI_APPLICATION
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        with open(self.log.path, "ab") as out:
+            self.process = start_server(
+                self.kind,
+                self.port,
+                self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                application=self.application,
+                extra=self.extra,
+            )
+        self.starts += 1
+        wait_listening(
+            self.process, self.port, lambda: self.log.text()[-4000:], timeout, 0.05, self.kind
+        )
+
+
+def start_example_server(
+    site: ExampleSite,
+    kind: str,
+    name: str,
+    extra: tuple[str, ...] = (),
+    scheme: str = "http",
+    application: str = ASGI_APPLICATION,
+) -> ExampleServer:
+    """The example (or ``application``) on a ``kind`` server, stopped with the site."""
+    server = ExampleServer(
+        free_port(), dict(site.env), LogFile(site.tmp / f"{name}.log"), kind=kind, extra=extra,
+        scheme=scheme, application=application,
+    )  # fmt: skip
+    site.servers.append(server)
+    server.start()
+    return server
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key, and the key (PKCS#8, as Granian
+    wants it), written to ``directory``; valid for a day."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
