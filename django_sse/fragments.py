@@ -1,4 +1,4 @@
-"""Events as HTML fragments, for htmx's SSE extension (``?format=html`` on a job's stream).
+"""Events as HTML fragments, for htmx (``?format=html`` on a job's stream).
 
 Each event's data is rendered with the first template found of
 ``django_sse/htmx/<type>.html`` and ``django_sse/htmx/event.html``; a project overrides them the
@@ -8,8 +8,22 @@ are rendered on a thread of their own (in the stream's language), one page of a 
 time, so that rendering never holds up the event loop's other streams; they must not query the
 database.
 
-After a job's last event the stream sends one more event, ``end`` (data: the job's final
-status), for ``sse-close="end"``: htmx's extension would otherwise reconnect to a finished job.
+The same fragments reach the page in one of two forms, by the client that asks:
+
+- htmx 2's extension (``htmx-ext-sse``) reads the stream with ``EventSource`` and swaps an event
+  into the element whose ``sse-swap`` names its type: each event is sent **named** (``event:
+  progress``), its data the fragment.
+- htmx 4's ``hx-sse`` reads it with ``fetch`` (it sends ``HX-Request: true``, which
+  ``EventSource`` cannot) and swaps only **unnamed** messages, named ones becoming DOM events:
+  each event is sent unnamed, its fragment wrapped in an ``<hx-partial>`` aimed at the elements
+  of the connecting element whose ``data-django-sse-swap`` lists the type. The job's state
+  (status, progress) replaces their content; anything else (log lines, a project's own types)
+  is appended.
+
+Both carry the event's ``seq`` as the id (the resume point of either extension's reconnection).
+After a job's last event the stream sends one more event, named ``end`` in both forms (data: the
+job's final status), for ``sse-close="end"`` / ``hx-sse:close="end"``: either extension would
+otherwise reconnect to a finished job.
 """
 
 from __future__ import annotations
@@ -31,13 +45,19 @@ from django_sse.hub import Delivery
 from django_sse.queries import StoredEvent
 from django_sse.sse import encode_event
 from django_sse.stream import JobStream
-from django_sse.validation import TERMINAL_TYPES
+from django_sse.validation import LIFECYCLE_TYPES, TERMINAL_TYPES
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
 FORMATS = ("json", "html")
 END_EVENT = "end"
+# What htmx 4 sends with every request, its streams included (django-htmx's ``request.htmx``).
+HTMX_REQUEST_HEADER = "HX-Request"
+# The attribute that names, on the page, the event types an element shows (htmx 4's form).
+SWAP_ATTRIBUTE = "data-django-sse-swap"
+# Types whose fragment replaces the element's content in htmx 4's form; any other is appended.
+REPLACED_TYPES = LIFECYCLE_TYPES
 
 
 # Rendered fragments kept per process: every stream of a job gets the same event, and renders
@@ -87,6 +107,23 @@ async def render_fragments(
     )
 
 
+def wrap_partial(event_type: str, html: str) -> str:
+    """``html`` as htmx 4's ``<hx-partial>`` for the elements that show ``event_type``: found
+    with ``findAll`` from the connecting element (several jobs can share a page), so only its
+    descendants qualify. An event type is letters, digits, ``_``, ``-`` and ``.`` (checked at
+    publish time): safe inside the quotes."""
+    swap = "innerHTML" if event_type in REPLACED_TYPES else "beforeend"
+    target = f"findAll [{SWAP_ATTRIBUTE}~='{event_type}']"
+    return f'<hx-partial hx-target="{target}" hx-swap="{swap}">{html}</hx-partial>'
+
+
+def encode_fragment(event: StoredEvent, html: str, *, partials: bool) -> bytes:
+    """One event with ``html`` as its data: named for htmx 2, an unnamed partial for htmx 4."""
+    if partials:
+        return encode_event(wrap_partial(event.type, html), id=event.seq)
+    return encode_event(html, event=event.type, id=event.seq)
+
+
 def _end(event: StoredEvent) -> bytes:
     return encode_event(event.type, event=END_EVENT)
 
@@ -109,24 +146,42 @@ class FragmentStream(JobStream):
     ) -> None:
         super().__init__(request, access, resume_from, ticket, checked_at)
         self.language = get_language()
+        # htmx 4's hx-sse (a fetch, with htmx's headers) rather than an EventSource.
+        self.partials = request.headers.get(HTMX_REQUEST_HEADER) == "true"
+
+    @property
+    def form(self) -> str:
+        """Which of the two forms this stream sends, for its log lines."""
+        return "partials" if self.partials else "events"
+
+    def opened_fields(self) -> str:
+        return f"{super().opened_fields()} html={self.form}"
+
+    def closed_fields(self) -> str:
+        return f"{super().closed_fields()} html={self.form}"
 
     async def encode_page(self, events: list[StoredEvent]) -> bytes:
         events = [event for event in events if event.seq > self.last_seq]
         if not events:
             return b""
         html = await render_fragments(self.job_id, events, self.language)
-        rendered = [event._replace(data=text) for event, text in zip(events, html, strict=True)]
-        chunk = self._encode(rendered)
-        terminal = [event for event in rendered if event.type in TERMINAL_TYPES]
-        if terminal and self.finished:
-            chunk += _end(terminal[0])
-        return chunk
+        parts: list[bytes] = []
+        for event, text in zip(events, html, strict=True):
+            parts.append(encode_fragment(event, text, partials=self.partials))
+            self.last_seq = event.seq
+            self.sent += 1
+            if event.type in TERMINAL_TYPES:
+                self.finished = True
+                parts.append(_end(event))
+                break
+        return b"".join(parts)
 
     async def encode_live(self, deliveries: list[Delivery]) -> bytes:
+        # drain() has done the bookkeeping (last_seq, sent, finished) for these.
         events = [delivery.event for delivery in deliveries]
         html = await render_fragments(self.job_id, events, self.language)
         parts = [
-            encode_event(text, event=event.type, id=event.seq)
+            encode_fragment(event, text, partials=self.partials)
             for event, text in zip(events, html, strict=True)
         ]
         if deliveries[-1].terminal:

@@ -183,6 +183,11 @@ class LogFile:
                 found.append(match.groupdict())
         return found
 
+    def django_sse_lines(self, pattern: re.Pattern[str], since: int = 0) -> list[dict[str, str]]:
+        """The named groups of each of django_sse's log lines that ``pattern`` matches (each
+        line once, see ``_django_sse_lines``)."""
+        return self._django_sse_lines(pattern, since)
+
     def streams_opened(self, job_id: str, since: int = 0) -> list[dict[str, str]]:
         """The ``Stream opened`` lines of one job: one per 200 stream response."""
         return [m for m in self._django_sse_lines(STREAM_OPENED, since) if m["job"] == job_id]
@@ -307,6 +312,24 @@ class ExampleSite:
             )
         time.sleep(0.2)
         assert self.worker.poll() is None, f"db_worker exited:\n{self.worker_log.text()}"
+
+    def job_last_seq(self, job_id: str) -> int:
+        """The ``seq`` of the job's last event, read from the site's database (what the worker
+        has published, whatever the pages got)."""
+        query = "SELECT last_seq FROM django_sse_job WHERE id = %s"
+        if USE_POSTGRES:
+            with pg_connect(DATABASE_URL, self.db_name) as connection:
+                row = connection.execute(query, (job_id,)).fetchone()
+        else:
+            import sqlite3
+
+            # Django stores a UUID in SQLite as 32 hex digits.
+            with contextlib.closing(sqlite3.connect(self.db_name, timeout=10)) as connection:
+                row = connection.execute(
+                    query.replace("%s", "?"), (job_id.replace("-", ""),)
+                ).fetchone()
+        assert row is not None, f"no job {job_id}"
+        return int(row[0])
 
     def start_server(self, name: str, cors_origins: list[str] | None = None) -> Daphne:
         env = dict(self.env)

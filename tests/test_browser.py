@@ -549,7 +549,8 @@ def test_screenshots_of_the_report_page(server: Daphne, new_context: Any) -> Non
         assert len(data) > 10_000, (path, len(data))
 
 
-# -- the client library: many jobs and tabs on one connection, the tag, htmx, Cancel -----------
+# -- the client library: many jobs and tabs on one connection, the tag, Cancel ----------------
+# (The htmx page, htmx 4 and htmx 2: tests/test_htmx.py.)
 
 BATCH_SIZE = 10  # example_project.reports.views.BATCH_SIZE
 BATCH_STEPS = 6  # example_project.reports.views.BATCH_STEPS
@@ -694,28 +695,6 @@ def test_template_tag_shows_the_state_without_javascript(server: Daphne, browser
         assert int(bar.get_attribute("aria-valuenow") or "-1") > now
     finally:
         context.close()
-
-
-def test_htmx_page_swaps_html_fragments(server: Daphne, new_context: Any) -> None:
-    page = log_in(new_context(server.base_url), "demo")
-    job_id = run_report(page)
-    # The job page's own stream is open (and logged) before the htmx page is counted.
-    page.wait_for_selector("#job-connection[data-state=open]")
-    since = server.log.offset()
-    page.goto(f"/reports/{job_id}/htmx/")
-    page.wait_for_selector("#htmx-status [data-status=succeeded]", timeout=JOB_TIMEOUT_MS)
-    assert page.locator("#htmx-status").text_content() == "Succeeded"
-    lines = page.locator("#htmx-log li").all_text_contents()
-    assert steps_of(lines) == list(range(1, STEPS + 1))
-    bar = page.locator("#htmx-progress [role=progressbar]")
-    assert bar.get_attribute("aria-valuenow") == str(STEPS)
-    # sse-close="end": htmx does not reconnect to the finished job.
-    page.wait_for_timeout(int((RETRY_SECONDS + 1) * 1000))
-    sources = [e for e in recorded(page) if e["kind"] == "new"]
-    assert len(sources) == 1, sources
-    assert "format=html" in sources[0]["url"]
-    assert len(server.log.streams_opened(job_id, since)) == 1
-    server.log.assert_no_errors(since)
 
 
 def test_cancel_from_the_job_page_and_from_a_bar(server: Daphne, new_context: Any) -> None:

@@ -92,16 +92,22 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     return render(request, "reports/job.html", context)
 
 
+# The htmx page's recipes: htmx 4 with its hx-sse (the default), or htmx 2 with htmx-ext-sse.
+HTMX_TEMPLATES = {"4": "reports/job_htmx.html", "2": "reports/job_htmx2.html"}
+
+
 @require_safe
 def job_htmx(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
-    """The same job, kept live by htmx's SSE extension (HTML fragments, no django_sse.js)."""
+    """The same job, kept live by htmx (HTML fragments, no django_sse.js): htmx 4, or htmx 2
+    with ``?htmx=2``."""
     job = get_object_or_404(visible_jobs(request), pk=job_id)
+    template = HTMX_TEMPLATES.get(request.GET.get("htmx", "4"), HTMX_TEMPLATES["4"])
     context = {
         "job": job,
         "log_lines": log_lines_of(job),
         "stream_url": reverse("django_sse:job-events", kwargs={"job_id": job.pk}),
     }
-    return render(request, "reports/job_htmx.html", context)
+    return render(request, template, context)
 
 
 @require_POST
