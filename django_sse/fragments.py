@@ -125,7 +125,12 @@ def encode_fragment(event: StoredEvent, html: str, *, partials: bool) -> bytes:
 
 
 def _end(event: StoredEvent) -> bytes:
-    return encode_event(event.type, event=END_EVENT)
+    return encode_end(event.type)
+
+
+def encode_end(status: str) -> bytes:
+    """The ``end`` event after a job's last event (its data: the job's final status)."""
+    return encode_event(status, event=END_EVENT)
 
 
 class FragmentStream(JobStream):

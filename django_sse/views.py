@@ -35,7 +35,7 @@ from django_sse.auth import authorize_stream, identify
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.exceptions import JobFinished
-from django_sse.fragments import FORMATS, FragmentStream
+from django_sse.fragments import FORMATS, HTMX_REQUEST_HEADER, FragmentStream, encode_end
 from django_sse.identity import Identity
 from django_sse.resume import InvalidResumePoint, ResumePoint, decode_resume_point
 from django_sse.session_stream import SessionStream, parse_only
@@ -178,9 +178,14 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     job = access.job
     resume = _resume_point(request, job_uuid)
     if job.is_finished and resume >= job.last_seq:
+        metrics.stream_refused("job finished")
+        if output == "html":
+            # Neither htmx extension stops on a 204 (htmx 4's hx-sse retries for as long as
+            # the page is open, htmx 2's reopens from the page's first id): they stop on the
+            # "end" event, so a reconnection after the end gets that alone.
+            return _html_response(_stream(request, _ended(job.status)))
         # The documented way to tell EventSource to stop reconnecting (a resume point past
         # the last event included: there is nothing more to send either way).
-        metrics.stream_refused("job finished")
         return _allow_origin(request, HttpResponse(status=204))
     if resume > job.last_seq:
         logger.warning(
@@ -195,9 +200,20 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     ticket = _admit(access.identity, f"job={job_uuid}")
     if isinstance(ticket, HttpResponse):
         return _allow_origin(request, ticket)
-    stream_class = FragmentStream if output == "html" else JobStream
-    stream = stream_class(request, access, resume, ticket, checked_at)
-    return _stream(request, stream.body())
+    if output == "html":
+        stream = FragmentStream(request, access, resume, ticket, checked_at)
+        return _html_response(_stream(request, stream.body()))
+    return _stream(request, JobStream(request, access, resume, ticket, checked_at).body())
+
+
+def _html_response(response: HttpResponseBase) -> HttpResponseBase:
+    # The fragments' form depends on HX-Request (htmx 4's partials or htmx 2's named events).
+    patch_vary_headers(response, [HTMX_REQUEST_HEADER])
+    return response
+
+
+async def _ended(status: str) -> AsyncIterator[bytes]:
+    yield encode_retry(conf.RETRY_MILLISECONDS) + encode_end(status)
 
 
 async def _retry_later() -> AsyncIterator[bytes]:

@@ -108,3 +108,36 @@ async def test_an_event_is_rendered_once_for_every_stream(
     assert renders == ["django_sse/htmx/log.html"]
     for client in clients:
         await client.disconnect()
+
+
+@pytest.mark.parametrize("htmx_request", [None, "true"])
+async def test_html_reconnection_after_the_end_gets_the_end_event_not_a_204(
+    hub_cleanup: None, job: Job, owner_key: str, htmx_request: str | None
+) -> None:
+    """Neither htmx extension stops on a 204: a reconnection after the end gets ``end`` alone."""
+    await sync_to_async(job.start)()
+    await sync_to_async(job.succeed)({"rows": 1})
+    headers = {"HX-Request": htmx_request} if htmx_request else None
+    client = StreamClient(
+        f"/sse/jobs/{job.pk}/events/?format=html&last_event_id=2",
+        session_key=owner_key,
+        headers=headers,
+    )
+    await client.start()
+    assert client.status == 200
+    assert "HX-Request" in client.headers.get("vary", "")
+    await client.read_to_end(timeout=5)
+    assert [(e.type, e.data, e.last_event_id) for e in client.parser.events] == [
+        ("end", "succeeded", "")
+    ]
+    # The JSON stream keeps the 204 that EventSource understands.
+    json_client = StreamClient(f"/sse/jobs/{job.pk}/events/?last_event_id=2", session_key=owner_key)
+    await json_client.start()
+    assert json_client.status == 204
+
+
+async def test_html_streams_vary_on_hx_request(hub_cleanup: None, job: Job, owner_key: str) -> None:
+    client = await open_html(job.pk, owner_key)
+    assert client.status == 200
+    assert "HX-Request" in client.headers.get("vary", "")
+    await client.disconnect()
