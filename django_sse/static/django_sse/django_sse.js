@@ -1,6 +1,9 @@
 /*
  * django_sse.js: the browser client of django_sse. No dependencies, no build step: load it with
- * a classic <script> tag (the {% django_sse_assets %} template tag writes it for you).
+ * a classic <script> tag (the {% django_sse_assets %} template tag writes it for you); it sets
+ * the global DjangoSSE. The same code is an ES module, typed by django_sse.d.ts:
+ * import { watch, bind } from ".../django_sse.mjs". scripts/build_client_module.py writes
+ * django_sse.mjs from this file: edit this one, then run the script.
  *
  * 1. By HTML attributes alone (what {% django_sse_progress job %} renders):
  *
@@ -44,15 +47,20 @@
 (function (root) {
   "use strict";
 
-  const LIFECYCLE_TYPES = [
+  // <module-body>: from here to </module-body>, this is also the body of django_sse.mjs, the ES
+  // module (scripts/build_client_module.py writes it). It refers to the global object as
+  // `root`, declares its API as `DjangoSSE` and touches no page until start() is called.
+
+  const LIFECYCLE_TYPES = Object.freeze([
     "started",
     "progress",
     "cancel_requested",
     "succeeded",
     "failed",
     "cancelled",
-  ];
-  const TERMINAL_TYPES = new Set(["succeeded", "failed", "cancelled"]);
+  ]);
+  const TERMINAL_TYPE_LIST = Object.freeze(["succeeded", "failed", "cancelled"]);
+  const TERMINAL_TYPES = new Set(TERMINAL_TYPE_LIST);
   const ACTIVE_STATUSES = new Set(["pending", "running"]);
   // How many events a tab keeps to catch up a tab that joins, and how long a joining tab
   // waits for the leader's answer before it opens a connection of its own.
@@ -623,6 +631,7 @@
         lastEventId: options.lastEventId,
         types: options.events,
         share: options.share,
+        identity: options.identity,
         withCredentials: options.withCredentials,
       },
       {
@@ -1069,22 +1078,33 @@
     return feed;
   }
 
-  root.DjangoSSE = Object.freeze({
+  const DjangoSSE = Object.freeze({
     watch,
     bind,
-    LIFECYCLE_TYPES: Object.freeze(LIFECYCLE_TYPES),
-    TERMINAL_TYPES: Object.freeze([...TERMINAL_TYPES]),
+    LIFECYCLE_TYPES,
+    TERMINAL_TYPES: TERMINAL_TYPE_LIST,
     _sameOriginUrl: sameOriginUrl, // for the tests
   });
 
-  // Bind what the page holds once it is parsed ("defer" scripts run just before that).
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", () => {
+  // Bind what the page holds once it is parsed ("defer" and module scripts run just before
+  // that). Without a page (a module imported for server-side rendering) there is nothing to do.
+  function start() {
+    if (typeof document === "undefined") {
+      return;
+    }
+    if (document.readyState === "loading") {
+      document.addEventListener("DOMContentLoaded", () => {
+        bind();
+        checkStylesheet();
+      });
+    } else {
       bind();
       checkStylesheet();
-    });
-  } else {
-    bind();
-    checkStylesheet();
+    }
   }
-})(window);
+
+  // </module-body>
+
+  root.DjangoSSE = DjangoSSE;
+  start();
+})(globalThis);

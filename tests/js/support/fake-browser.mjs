@@ -1,14 +1,19 @@
 // Fakes of the few browser APIs django_sse.js uses, for `node --test tests/js/` (no npm
 // packages). Not a test file itself: Node's runner only runs files named *.test.mjs.
 import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
 import vm from "node:vm";
 
-// DJANGO_SSE_JS names another copy of the script: to see a test fail on an older version.
+// DJANGO_SSE_JS names another copy of the script (DJANGO_SSE_MJS of the module): to see a test
+// fail on an older version.
 const SCRIPT = readFileSync(
   process.env.DJANGO_SSE_JS ||
     new URL("../../../django_sse/static/django_sse/django_sse.js", import.meta.url),
   "utf8"
 );
+const MODULE = process.env.DJANGO_SSE_MJS
+  ? pathToFileURL(process.env.DJANGO_SSE_MJS)
+  : new URL("../../../django_sse/static/django_sse/django_sse.mjs", import.meta.url);
 export const PAGE = "https://app.example/reports/?month=10";
 
 // Just enough of a DOM element for bind(): attributes, children, [name] / [name="value"]
@@ -155,6 +160,43 @@ export class FakeEventSource {
  * {loaded: bool}; options.pageReady: the document's readyState once the page has loaded.
  */
 export function load(options = {}) {
+  const browser = fakeBrowser(options);
+  vm.runInNewContext(SCRIPT, browser.window);
+  return { ...browser, DjangoSSE: browser.window.DjangoSSE };
+}
+
+// The browser APIs a module finds on the global object: what importModule() puts there.
+const MODULE_GLOBALS = [
+  "document",
+  "location",
+  "getComputedStyle",
+  "addEventListener",
+  "Element",
+  "HTMLProgressElement",
+  "CustomEvent",
+  "EventSource",
+];
+let imports = 0;
+
+/*
+ * A fresh instance of the ES module (django_sse.mjs) in Node's own global scope, given the fake
+ * window's APIs (not its timers nor its console: those stay Node's). Like load(), plus
+ * `module`, the module's namespace, and `DjangoSSE`, its default export.
+ */
+export async function importModule(options = {}) {
+  const browser = fakeBrowser(options);
+  for (const name of MODULE_GLOBALS) {
+    globalThis[name] = browser.window[name];
+  }
+  // A new URL is a new module instance, evaluated again, in the globals just set.
+  const module = await import(`${MODULE.href}?instance=${++imports}`);
+  return { ...browser, module, DjangoSSE: module.default };
+}
+
+// The module's URL, for a test that imports it itself.
+export const MODULE_URL = MODULE;
+
+function fakeBrowser(options) {
   const fetched = [];
   const errors = [];
   const warnings = [];
@@ -218,9 +260,7 @@ export function load(options = {}) {
     clearTimeout: clock.clearTimeout,
   };
   window.window = window;
-  vm.runInNewContext(SCRIPT, window);
   return {
-    DjangoSSE: window.DjangoSSE,
     window,
     page,
     fetched,
