@@ -175,24 +175,31 @@ class LiveServer:
         self.assert_alive()
 
 
-def _start_process(kind: str, port: int, env: dict[str, str], log_dir: Path) -> Any:
+def _start_process(
+    kind: str, port: int, env: dict[str, str], log_dir: Path, extra: tuple[str, ...] = ()
+) -> Any:
     log_path = log_dir / f"{kind}.log"
     with open(log_path, "wb") as log, open(log_dir / "access.log", "wb") as access:
         access_log = log_dir / "daphne-access.log" if kind == "daphne" else None
-        process = start_server(kind, port, env, stdout=access, stderr=log, access_log=access_log)
+        process = start_server(
+            kind, port, env, stdout=access, stderr=log, access_log=access_log, extra=extra
+        )
         return process, log_path
 
 
 @contextlib.contextmanager
 def live_server(
-    kind: str, env: dict[str, str], prepare: Callable[[], Any] | None = None
+    kind: str,
+    env: dict[str, str],
+    prepare: Callable[[], Any] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[LiveServer]:
-    """A ``kind`` server (one of ``SERVER_KINDS``) on a free port with ``env``; ``prepare`` runs
-    while it starts. Stopped (SIGTERM, then SIGKILL) at the end."""
+    """A ``kind`` server (one of ``SERVER_KINDS``, with the options ``extra``) on a free port
+    with ``env``; ``prepare`` runs while it starts. Stopped (SIGTERM, then SIGKILL) at the end."""
     assert kind in SERVER_KINDS, kind
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix=f"django_sse_abuse_{kind}_"))
-    process, log_path = _start_process(kind, port, env, log_dir)
+    process, log_path = _start_process(kind, port, env, log_dir, extra)
     try:
         if prepare is not None:
             prepare()
@@ -569,14 +576,15 @@ def serve(
     kind: str,
     spec: dict[str, Any],
     settings: dict[str, Any] | None = None,
+    extra: tuple[str, ...] = (),
     **env: str,
 ) -> Iterator[tuple[LiveServer, Made]]:
-    """A ``kind`` server with ``settings`` in ``DJANGO_SSE`` (and ``env``), and the data of
-    ``spec`` (made by the helper tool while the server starts)."""
+    """A ``kind`` server (with the options ``extra``) with ``settings`` in ``DJANGO_SSE`` (and
+    ``env``), and the data of ``spec`` (made by the helper tool while the server starts)."""
     made: dict[str, Any] = {}
 
     def prepare() -> None:
         made.update(shared.tool("make", json.dumps(spec)))
 
-    with live_server(kind, shared.env_for(settings, **env), prepare) as server:
+    with live_server(kind, shared.env_for(settings, **env), prepare, extra) as server:
         yield server, Made(made["sessions"], made["users"], made["jobs"])
