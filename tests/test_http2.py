@@ -7,7 +7,9 @@ negotiates HTTP/2 by ALPN (``--http auto``, its default). Each tab holds a strea
 (the page's cross-tab sharing is switched off by hiding ``BroadcastChannel``, so the client opens
 one connection per tab as it does in browsers without it): the three streams must travel over
 one HTTP/2 connection (Chromium's own record: protocol ``h2`` and one connection id), and every
-tab must see every event of its ten jobs once, in order, to the end.
+tab must see every event of its ten jobs once, in order, to the end. A fourth tab, closed while
+its stream is open, must end that stream on the server (Granian #917: an HTTP/2 stream reset by
+the browser was not reported to the application).
 
 A browser test (``browser``), run once per Python (``servers``; see noxfile.py).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from tests.browser_support import (
     self_signed_certificate,
     start_example_server,
 )
+from tests.processes import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.servers, pytest.mark.timeout(150)]
 
@@ -130,6 +134,12 @@ def record_streams(context: Any, page: Any, responses: list[dict[str, Any]]) -> 
     cdp.send("Network.enable")
 
 
+def opened_streams(server: ExampleServer, since: int) -> set[str]:
+    """The streams opened since ``since``, by the time stamp of their log line (each line
+    once: a line may be printed twice, see browser_support.LogFile)."""
+    return set(SESSION_OPENED.findall(server.log.text(since)))
+
+
 def applied_by_job(page: Any) -> dict[str, list[tuple[int, str]]]:
     by_job: dict[str, list[tuple[int, str]]] = {}
     for entry in page.evaluate("window.__applied"):
@@ -158,6 +168,22 @@ def test_ten_jobs_in_three_tabs_over_one_http2_connection(
             record_streams(context, tab, responses)
             tab.goto("/")
             tabs.append(tab)
+        # A fourth tab on the same connection, closed once its stream is open: the server
+        # must learn that this HTTP/2 stream was reset (Granian #917) and end it.
+        extra = context.new_page()
+        record_streams(context, extra, responses)
+        extra.goto("/")
+        assert wait_until(lambda: len(opened_streams(server, since)) == TABS + 1, 15), (
+            server.log.text(since)[-3000:]
+        )
+        closed_offset = server.log.offset()
+        extra.close()
+        left = time.monotonic()
+        closed = wait_until(lambda: "reason=client went away" in server.log.text(closed_offset), 10)
+        took = time.monotonic() - left
+        print(f"HTTP/2: a closed tab's stream ended {took:.2f} s later on the server")
+        assert closed, server.log.text(closed_offset)[-3000:]
+        assert took < 3.0
         rendered: list[dict[str, int]] = [tab.evaluate("window.__rendered") for tab in tabs]
         for tab in tabs:
             assert tab.locator(BARS).count() == BATCH_SIZE
@@ -171,7 +197,7 @@ def test_ten_jobs_in_three_tabs_over_one_http2_connection(
         # Three streams, each over HTTP/2, all three on one connection.
         streams = [r for r in responses if r["status"] == 200]
         print(f"HTTP/2 page: {len(streams)} streams: {streams}")
-        assert len(streams) == TABS, responses
+        assert len(streams) == TABS + 1, responses
         assert {r["protocol"] for r in streams} == {"h2"}, streams
         assert len({r["connection"] for r in streams}) == 1, streams
 
@@ -187,8 +213,7 @@ def test_ten_jobs_in_three_tabs_over_one_http2_connection(
                 assert events[-1][1] == "succeeded", (index, job, events)
     finally:
         context.close()
-    # (Each stream's line once: a line may be printed twice, see browser_support.LogFile.)
-    opened = set(SESSION_OPENED.findall(server.log.text(since)))
-    assert len(opened) == TABS, opened
+    opened = opened_streams(server, since)
+    assert len(opened) == TABS + 1, opened
     text = UNKNOWN_SERVER.sub("", server.log.text(since))
     assert not SERVER_ERRORS.search(text), text[-6000:]
