@@ -56,8 +56,9 @@ NEVER_READ_RCVBUF = 4 * KIB
 # What Granian's worker may keep per never-reading socket on top of its last page (two events):
 # the stream's budget, sent into Granian's HTTP/1 buffer and its channel to the socket, where it
 # stays, and as much again for the allocator. Measured (Granian 2.8, 256 KiB budget): 0.17 MiB
-# per socket with 1 KB events, 0.65 MiB with 60 KB events; without the budget Granian takes about
-# 3 MiB per socket before its ``send`` waits. Not a bound on Daphne or uvicorn, whose tests in
+# per socket with 1 KB events, 0.65 MiB with 60 KB events. With a budget of 64 MiB (in effect
+# none) the same sockets cost 4.7 and 20 MiB each and the test fails: Granian's ``send`` waits
+# only once it holds a few MiB for a client. Not a bound on Daphne or uvicorn, whose tests in
 # test_abuse.py are unchanged.
 GRANIAN_SOCKET_BYTES = 2 * MAX_BUFFERED_BYTES
 
