@@ -110,8 +110,10 @@ def package(session: nox.Session) -> None:
 # The live abuse suite (Daphne, uvicorn and Granian under attack) and the network-namespace suite
 # run once each, in the cells where they matter: the abuse suite on PostgreSQL + Redis pub/sub
 # (the production topology), the namespace suite on SQLite (a server inside a namespace reaches
-# no service). Both are left out of every other cell. The run-example tests run once per Python
-# (None: any), on SQLite: they give the script a SQLite file of its own in every cell.
+# no service). Both are left out of every other cell. The PostgreSQL-layer suite (``pglayer``:
+# channels_postgres, and Redis for its comparison) runs once, in the pub/sub cell. The
+# run-example and Quick start tests run once per Python (None: any), on SQLite: they use a
+# SQLite file of their own in every cell.
 #
 # The server matrix (docs/testing.rst, "Servers"): every live-server test runs on Daphne in
 # every cell. uvicorn (uvloop + httptools) and Granian run the abuse suite once (above, with
@@ -120,6 +122,7 @@ def package(session: nox.Session) -> None:
 # test each (tests/test_servers.py) and the HTTP/2 page on Granian (tests/test_http2.py).
 ONCE_ONLY: dict[str, tuple[str | None, str]] = {
     "abuse": ("3.11", "pubsub"),
+    "pglayer": ("3.11", "pubsub"),
     "servers": (None, "pubsub"),
     "netns": ("3.11", "sqlite"),
     "runexample": (None, "sqlite"),
