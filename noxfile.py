@@ -10,10 +10,10 @@ every other supported Python.
 
 Each ``tests`` session runs the suite three times: SQLite + in-memory layer, PostgreSQL + Redis
 core layer, PostgreSQL + Redis pub/sub layer (tests marked ``pgredis`` always use PostgreSQL and
-Redis, so they run in the last two only). The abuse suite (``abuse``) and the network-namespace
-suite (``netns``) run in one cell each, the run-example and Quick start tests (``runexample``,
-``quickstart``: SQLite projects of their own) and the live tests on servers other than Daphne
-(``servers``) once per Python (``ONCE_ONLY``). DATABASE_URL
+Redis, so they run in the last two only). The live-server suites run only where they matter
+(``ONLY_IN``): the end-to-end and browser tests on SQLite and in the 3.11 pub/sub cell, the
+abuse, PostgreSQL-layer, other-server and network-namespace suites once, the run-example and
+Quick start tests once per Python. DATABASE_URL
 and REDIS_URL name the services (default: postgres://postgres@127.0.0.1:5432/test and
 redis://127.0.0.1:6379/0). A service that cannot be reached skips its runs with a message
 naming it, except under CI=true, where it fails.
@@ -107,37 +107,40 @@ def package(session: nox.Session) -> None:
         )
 
 
-# The live abuse suite (Daphne, uvicorn and Granian under attack) and the network-namespace suite
-# run once each, in the cells where they matter: the abuse suite on PostgreSQL + Redis pub/sub
-# (the production topology), the namespace suite on SQLite (a server inside a namespace reaches
-# no service). Both are left out of every other cell. The PostgreSQL-layer suite (``pglayer``:
-# channels_postgres, and Redis for its comparison) runs once, in the pub/sub cell. The
-# run-example and Quick start tests run once per Python (None: any), on SQLite: they use a
-# SQLite file of their own in every cell.
-#
-# The server matrix (docs/testing.rst, "Servers"): every live-server test runs on Daphne in
-# every cell. uvicorn (uvloop + httptools) and Granian run the abuse suite once (above, with
-# Granian's own bounds in test_granian.py), and, marked ``servers``, once per Python in the
-# pub/sub cell: the e2e suite (all of it on uvicorn, the smoke tests on Granian), one browser
-# test each (tests/test_servers.py) and the HTTP/2 page on Granian (tests/test_http2.py).
-ONCE_ONLY: dict[str, tuple[str | None, str]] = {
-    "abuse": ("3.11", "pubsub"),
-    "pglayer": ("3.11", "pubsub"),
-    "servers": (None, "pubsub"),
-    "netns": ("3.11", "sqlite"),
-    "runexample": (None, "sqlite"),
-    "quickstart": (None, "sqlite"),
+# Where each suite marked below runs, as (Python, cell) pairs (None: every Python); everything
+# else runs in every cell. The live-server suites run where they matter, to keep CI within its
+# time:
+# - ``e2e`` and ``browser``: on SQLite (what a user starts with) in each Python, and on
+#   PostgreSQL + Redis pub/sub (the production topology) in 3.11;
+# - ``abuse`` (Daphne, uvicorn and Granian under attack) and ``pglayer`` (channels_postgres,
+#   and Redis for its comparison): once, on PostgreSQL + Redis pub/sub;
+# - ``servers`` (uvicorn and Granian: the e2e smoke tests, one browser test each, shutdown with
+#   open streams, the HTTP/2 page; docs/testing.rst, "Servers"): once, on pub/sub;
+# - ``netns``: once, on SQLite (a server inside a namespace reaches no service);
+# - ``runexample``, ``quickstart``: SQLite projects of their own, once per Python.
+# Tests marked ``pgredis`` (the topology, fault and Celery suites, live servers included) are
+# what the PostgreSQL + Redis cells are for: they run in each of them, the core layer's too.
+ONLY_IN: dict[str, tuple[tuple[str | None, str], ...]] = {
+    "abuse": (("3.11", "pubsub"),),
+    "pglayer": (("3.11", "pubsub"),),
+    "servers": (("3.11", "pubsub"),),
+    "netns": (("3.11", "sqlite"),),
+    "runexample": ((None, "sqlite"),),
+    "quickstart": ((None, "sqlite"),),
+    "browser": ((None, "sqlite"), ("3.11", "pubsub")),
+    "e2e": ((None, "sqlite"), ("3.11", "pubsub")),
 }
+# Excluded markers that never take pgredis tests with them.
+KEEPS_PGREDIS = {"e2e"}
 
 
 def markers(python: str, cell: str, base: str = "") -> str:
     """The ``-m`` expression of one pytest run of the ``tests`` session."""
     parts = [base] if base else []
-    parts += [
-        f"not {m}"
-        for m, (py, where) in ONCE_ONLY.items()
-        if where != cell or py not in (None, python)
-    ]
+    for marker, places in ONLY_IN.items():
+        if any(where == cell and py in (None, python) for py, where in places):
+            continue
+        parts.append(f"(not {marker} or pgredis)" if marker in KEEPS_PGREDIS else f"not {marker}")
     return " and ".join(parts)
 
 

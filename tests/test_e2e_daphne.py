@@ -151,7 +151,7 @@ class E2E:
 
 def server_params(kinds: tuple[str, ...]) -> list[Any]:
     """``kinds`` as parameters: Daphne's runs in every cell of the matrix, the others are
-    marked ``servers`` (once per Python in nox, see ONCE_ONLY in noxfile.py)."""
+    marked ``servers`` (once in nox, see ONLY_IN in noxfile.py)."""
     return [pytest.param(k, marks=() if k == "daphne" else pytest.mark.servers) for k in kinds]
 
 
