@@ -43,6 +43,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "daphne-pg-pubsub": {"app": "ours", "server": "daphne", "db": "pg", "layer": "pubsub"},
     "daphne-sqlite-mem": {"app": "ours", "server": "daphne", "db": "sqlite", "layer": "mem"},
     "uvicorn-pg-pubsub": {"app": "ours", "server": "uvicorn", "db": "pg", "layer": "pubsub"},
+    "granian-pg-pubsub": {"app": "ours", "server": "granian", "db": "pg", "layer": "pubsub"},
     "daphne-sqlite-pubsub": {"app": "ours", "server": "daphne", "db": "sqlite", "layer": "pubsub"},
     "daphne-pg-core": {"app": "ours", "server": "daphne", "db": "pg", "layer": "core"},
     "daphne-pg-mem": {"app": "ours", "server": "daphne", "db": "pg", "layer": "mem"},
@@ -314,6 +315,27 @@ class Server:
                 "warning",
                 "--backlog",
                 "4096",
+            ]
+        elif c["server"] == "granian":
+            # As its docs start it: one worker, the ASGI interface (a server django_sse does not
+            # know: each connection carries MAX_BUFFERED_BYTES, then the client resumes).
+            cmd = [
+                PY,
+                "-m",
+                "granian",
+                "--interface",
+                "asgi",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
+                "--backlog",
+                "4096",
+                "benchmarks.asgi:application",
             ]
         else:
             cmd = [
