@@ -638,3 +638,21 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+@contextlib.contextmanager
+def launched_chromium(*extra_args: str) -> Iterator[Any]:
+    """Debian's Chromium, headless, under Playwright; a launch that fails fails the test."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args]
+            )
+        except Exception as exc:
+            pytest.fail(f"Chromium ({CHROMIUM}) did not start under Playwright: {exc}")
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -27,8 +27,6 @@ import pytest
 
 from tests.browser_support import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     FETCH_JS,
     RECORDER_JS,
     WATCH_PLAIN_JS,
@@ -37,6 +35,7 @@ from tests.browser_support import (
     check_browser,
     check_services,
     example_site,
+    launched_chromium,
     static_page_server,
 )
 
@@ -72,17 +71,8 @@ def server(site: ExampleSite) -> Daphne:
 
 @pytest.fixture(scope="module")
 def browser(site: ExampleSite) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            pytest.fail(f"Chromium ({CHROMIUM}) did not start under Playwright: {exc}")
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -18,12 +18,11 @@ from typing import Any
 import pytest
 
 from tests.browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     Daphne,
     ExampleSite,
     check_browser,
     check_services,
+    launched_chromium,
     wsgi_server,
 )
 
@@ -64,17 +63,8 @@ def server(site: ExampleSite) -> Daphne:
 
 @pytest.fixture(scope="module")
 def browser(site: ExampleSite) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            pytest.fail(f"Chromium ({CHROMIUM}) did not start under Playwright: {exc}")
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

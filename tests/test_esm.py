@@ -24,13 +24,12 @@ import pytest
 
 import django_sse
 from tests.browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     Daphne,
     ExampleSite,
     check_browser,
     check_services,
     example_site,
+    launched_chromium,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,19 +175,10 @@ def server(site: ExampleSite) -> Daphne:
 
 @pytest.fixture
 def context(server: Daphne) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            pytest.fail(f"Chromium ({CHROMIUM}) did not start under Playwright: {exc}")
-        try:
-            context = browser.new_context(base_url=server.base_url)
-            context.set_default_timeout(15_000)
-            yield context
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        context = browser.new_context(base_url=server.base_url)
+        context.set_default_timeout(15_000)
+        yield context
 
 
 def start_report(context: Any) -> tuple[Any, str]:

@@ -29,14 +29,13 @@ from django_sse import publish
 from django_sse.fragments import SWAP_ATTRIBUTE
 from django_sse.models import Job
 from tests.browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     RECORDER_JS,
     Daphne,
     ExampleSite,
     check_browser,
     check_services,
     example_site,
+    launched_chromium,
 )
 from tests.processes import ROOT, wait_until
 from tests.utils import StreamClient
@@ -218,17 +217,8 @@ def server(site: ExampleSite) -> Daphne:
 
 @pytest.fixture(scope="module")
 def browser(site: ExampleSite) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            pytest.fail(f"Chromium ({CHROMIUM}) did not start under Playwright: {exc}")
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -27,13 +27,12 @@ from typing import Any
 import pytest
 
 from tests.browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     ExampleServer,
     ExampleSite,
     check_browser,
     check_services,
     example_site,
+    launched_chromium,
     self_signed_certificate,
     start_example_server,
 )
@@ -99,19 +98,8 @@ def server(site: ExampleSite) -> Iterator[ExampleServer]:
 
 @pytest.fixture(scope="module")
 def browser(site: ExampleSite) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, "--ignore-certificate-errors"]
-            )
-        except Exception as exc:
-            pytest.fail(f"Chromium ({CHROMIUM}) did not start under Playwright: {exc}")
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium("--ignore-certificate-errors") as browser:
+        yield browser
 
 
 def record_streams(context: Any, page: Any, responses: list[dict[str, Any]]) -> None:

@@ -21,7 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, FETCH_JS, check_browser
+from tests.browser_support import (
+    FETCH_JS,
+    check_browser,
+    launched_chromium,
+)
 from tests.quickstart_support import (
     QuickstartProject,
     quickstart_blocks,
@@ -72,17 +76,8 @@ BAR_RECORDER_JS = r"""
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     check_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            pytest.fail(f"Chromium ({CHROMIUM}) did not start under Playwright: {exc}")
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -31,12 +31,11 @@ import pytest
 
 from django_sse.servers import connection_of
 from tests.browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     ExampleSite,
     check_browser,
     check_services,
     example_site,
+    launched_chromium,
     start_example_server,
 )
 from tests.live_servers import RawStream, Shared, raw_streams, serve, shared_database
@@ -194,17 +193,8 @@ def site() -> Iterator[ExampleSite]:
 
 @pytest.fixture(scope="module")
 def browser(site: ExampleSite) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            pytest.fail(f"Chromium ({CHROMIUM}) did not start under Playwright: {exc}")
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.mark.browser
