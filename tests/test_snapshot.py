@@ -154,7 +154,8 @@ async def test_refusals_are_logged_without_forging_lines(
 
 
 def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+    # DjangoJSONEncoder writes UTC as "Z", which fromisoformat() reads only from Python 3.11 on.
+    return datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
 
 
 def to_milliseconds(value: datetime) -> datetime:
