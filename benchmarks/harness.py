@@ -132,12 +132,28 @@ def threads(pid: int) -> int:
 
 
 def cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (Granian serves from a worker process
+    of its own: its main process alone would count nothing)."""
+    return sum(_own_cpu_s(p) for p in [pid, *_descendants(pid)])
+
+
+def _own_cpu_s(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in f.read().split():
+                    found += [int(child), *_descendants(int(child))]
+    return found
 
 
 def fds_to(pid: int, path: str) -> int:
