@@ -24,7 +24,7 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_
 
 from django_sse.conf import conf
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
-from django_sse.validation import dump_data
+from django_sse.jsontext import dump_data
 
 if TYPE_CHECKING:
     from django_sse.models import JobEvent

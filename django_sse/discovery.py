@@ -25,6 +25,7 @@ from django.db.models import Q
 
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
+from django_sse.lifecycle import ACTIVE_STATUSES
 from django_sse.queries import primary
 from django_sse.resume import MARGIN_SECONDS
 
@@ -49,7 +50,7 @@ class JobRow(NamedTuple):
 def find_recent_jobs(owner_ids: list[Any], session_hashes: list[str], since: float) -> list[JobRow]:
     """Jobs of these users or anonymous sessions created or finished since ``since`` (a Unix
     time). Runs on the stream database thread."""
-    from django_sse.models import ACTIVE_STATUSES, Job
+    from django_sse.models import Job
 
     when = datetime.fromtimestamp(since, tz=timezone.utc)
     recent = Q(created_at__gte=when) | Q(finished_at__gte=when)

@@ -42,10 +42,10 @@ from django.utils.translation import get_language
 from django_sse.admission import Ticket
 from django_sse.auth import Access
 from django_sse.hub import Delivery
+from django_sse.lifecycle import LIFECYCLE_TYPES, TERMINAL_TYPES
 from django_sse.queries import StoredEvent
 from django_sse.sse import encode_event
 from django_sse.stream import JobStream
-from django_sse.validation import LIFECYCLE_TYPES, TERMINAL_TYPES
 
 if TYPE_CHECKING:
     from django.http import HttpRequest

@@ -32,10 +32,10 @@ from django_sse.delivery import get_layer
 from django_sse.direct import DirectWriter
 from django_sse.discovery import Discovery
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
+from django_sse.lifecycle import EVENT_TYPE_RE, TERMINAL_TYPES
 from django_sse.queries import StoredEvent, fetch_events, last_seq, last_seqs
 from django_sse.resume import MAX_SEQ
 from django_sse.sse import encode_event
-from django_sse.validation import EVENT_TYPE_RE, TERMINAL_TYPES
 from django_sse.wakeup import Wakeup
 
 logger = logging.getLogger("django_sse")

@@ -34,14 +34,16 @@ from django_sse import metrics
 from django_sse.cancellation import cancel_check
 from django_sse.conf import conf
 from django_sse.exceptions import JobFinished
-from django_sse.queries import model_field
-from django_sse.throttle import Progress, progress_throttle
-from django_sse.validation import (
+from django_sse.jsontext import encode_data
+from django_sse.lifecycle import (
+    ACTIVE_STATUSES,
     MESSAGE_MAX_LENGTH,
     TERMINAL_TYPES,
-    encode_data,
+    JobStatus,
     validate_event_type,
 )
+from django_sse.queries import model_field
+from django_sse.throttle import Progress, progress_throttle
 
 __all__ = ["apublish", "encode_data", "publish"]
 
@@ -75,8 +77,6 @@ def job_id_of(job: Job | uuid.UUID | str) -> uuid.UUID:
 
 
 def progress_entry(progress: Progress) -> Entry:
-    from django_sse.models import JobStatus
-
     data = {"current": progress.current, "total": progress.total, "message": progress.message}
     updates = {
         "current": progress.current,
@@ -110,7 +110,7 @@ def _update_sql(
 ) -> tuple[str, list[Any]]:
     """``UPDATE`` of the active job ``job_id`` that adds ``count`` to ``last_seq``, applies
     ``updates`` (plain values) and returns ``last_seq, status``."""
-    from django_sse.models import ACTIVE_STATUSES, Job
+    from django_sse.models import Job
 
     qn = connection.ops.quote_name
     pk_field, pk = model_field(Job, "id")
@@ -258,7 +258,7 @@ def _write_orm(
 ) -> tuple[list[JobEvent], int, str] | None:
     """Any database: ``UPDATE``, ``SELECT`` of the new ``last_seq``, one ``INSERT`` per event
     (``create()``, so ``pre_save`` and ``post_save``). Call it inside a transaction."""
-    from django_sse.models import ACTIVE_STATUSES, Job, JobEvent
+    from django_sse.models import Job, JobEvent
 
     jobs = Job.objects.db_manager(using)
     changed = jobs.filter(pk=job_id, status__in=ACTIVE_STATUSES).update(
@@ -312,7 +312,7 @@ def _record(job: Job | uuid.UUID | str, entries: Sequence[Entry]) -> list[JobEve
     Progress coalesced for this job and not yet written goes first, so no later event overtakes
     it. Raises ``JobFinished`` if the job has ended and ``Job.DoesNotExist`` if it is gone.
     """
-    from django_sse.models import Job, JobEvent, JobStatus
+    from django_sse.models import Job, JobEvent
 
     job_id = job_id_of(job)
     using = router.db_for_write(JobEvent)
@@ -434,8 +434,6 @@ def make_progress(current: int, total: int | None, message: str) -> Progress:
 
 
 def terminal_entry(event: str, data: Any, updates: dict[str, Any]) -> Entry:
-    from django_sse.models import JobStatus
-
     stored, _text = encode_data(data)
     return Entry(
         event, stored, {**updates, "status": JobStatus(event), "finished_at": timezone.now()}

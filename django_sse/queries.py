@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import json.encoder
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, router
 from django.db.models import Field, Model
+
+from django_sse.fastpaths.jsoncodec import compact_dumps, json_text
 
 # Larger IN lists are split, to stay under every backend's parameter limit.
 _IN_CHUNK = 500
@@ -27,68 +25,6 @@ class StoredEvent(NamedTuple):
     seq: int
     type: str
     data: str  # JSON text
-
-
-def _no_default(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _compact_encoder() -> Callable[[Any], str]:
-    """``validation.dump_data`` for decoded JSON, a replay's cost per event.
-
-    Decoded JSON holds dicts, lists, strings, numbers, booleans and None only, so Django's
-    encoder never gets to its ``default()``. The standard library's C encoder does the work
-    either way; ``json.dumps`` builds a new one for every call, this one is built once. Should
-    the C encoder be missing or encode differently, the plain encoder is used.
-    """
-    reference = DjangoJSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return reference
-    try:
-        encoder = make(
-            None, _no_default, json.encoder.encode_basestring, None, ":", ",", False, False, True
-        )
-
-        def encode(value: Any) -> str:
-            return "".join(encoder(value, 0))
-
-        samples: list[Any] = [
-            {"a": [1, -2.5, 1e-07, 1e300, 10**30, True, False, None], "": {}, "b": []},
-            'é \n " \\ \u2028 \x00 \x7f',
-            1.5,
-            None,
-        ]
-        if any(encode(sample) != reference(sample) for sample in samples):
-            return reference
-    except Exception:
-        return reference
-    return encode
-
-
-_dump = _compact_encoder()
-# The C scanner under ``json.loads``, without its wrapper (``json.loads`` still handles what it
-# leaves out: surrounding whitespace, trailing data, errors).
-_scan: Callable[[str, int], tuple[Any, int]]
-_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def _json_text(value: Any) -> str:
-    """Compact JSON text of a ``data`` column value as the driver returns it: what the ORM's
-    ``JSONField.from_db_value`` (text that is not JSON stays a string) and ``dump_data`` make
-    of it."""
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        try:
-            decoded, end = _scan(value, 0)
-        except (StopIteration, ValueError):
-            end = -1
-        if end == len(value):
-            return _dump(decoded)
-        with contextlib.suppress(json.JSONDecodeError):
-            value = json.loads(value)
-    return _dump(value)
 
 
 def model_field(model: type[Model], name: str) -> tuple[Field[Any, Any], str]:
@@ -208,7 +144,7 @@ def _select_rows_orm(
         return [], False, 0
     decoded = qs.filter(seq__lte=last).values_list("seq", "type", "data")
     # Decoded by the ORM already: hand back text, as the raw path does.
-    return [(seq, type_, _dump(data)) for seq, type_, data in decoded], cut, total
+    return [(seq, type_, compact_dumps(data)) for seq, type_, data in decoded], cut, total
 
 
 def fetch_page(
@@ -252,7 +188,7 @@ def fetch_page(
             used += more_used
         else:
             cut = True
-    events = [StoredEvent(seq, type_, _json_text(data)) for seq, type_, data in rows]
+    events = [StoredEvent(seq, type_, json_text(data)) for seq, type_, data in rows]
     return Page(events, cut or len(events) == limit, used)
 
 

@@ -33,6 +33,7 @@ from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
 from django_sse.discovery import JobRow
 from django_sse.hub import Hub, InboxBudget, Subscriber, get_hub
 from django_sse.identity import Identity, session_hashes
+from django_sse.lifecycle import ACTIVE_STATUSES, TERMINAL_TYPES
 from django_sse.queries import (
     FIRST_PAGE_EVENTS,
     StoredEvent,
@@ -43,7 +44,6 @@ from django_sse.queries import (
 from django_sse.resume import MARGIN_SECONDS, ResumePoint, encode_resume_point, job_ref
 from django_sse.sse import encode_event
 from django_sse.streaming import EventStream
-from django_sse.validation import TERMINAL_TYPES
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -61,7 +61,7 @@ def find_jobs(
 ) -> list[JobRow]:
     """The visitor's jobs that were created (or finished) since a time, are still running, or
     whose id starts with one of ``refs``. Runs on the stream database thread."""
-    from django_sse.models import ACTIVE_STATUSES, Job
+    from django_sse.models import Job
 
     jobs = Job.objects.db_manager(primary(Job))
     if identity.user_id is not None:

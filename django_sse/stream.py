@@ -21,6 +21,7 @@ from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, StreamClosed
 from django_sse.hub import Delivery, Hub, Subscriber, get_hub
+from django_sse.lifecycle import EVENT_TYPE_RE, TERMINAL_TYPES
 from django_sse.queries import (
     FIRST_PAGE_EVENTS,
     Page,
@@ -30,7 +31,6 @@ from django_sse.queries import (
 )
 from django_sse.sse import encode_event
 from django_sse.streaming import EventStream
-from django_sse.validation import EVENT_TYPE_RE, TERMINAL_TYPES
 
 if TYPE_CHECKING:
     from django.http import HttpRequest

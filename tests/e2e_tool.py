@@ -98,7 +98,8 @@ def store_history(job_id: str, events: int, data_bytes: int, finish: bool) -> di
     from django.db import transaction
     from django.utils import timezone
 
-    from django_sse.models import Job, JobEvent, JobStatus
+    from django_sse.lifecycle import JobStatus
+    from django_sse.models import Job, JobEvent
 
     pad = "x" * data_bytes
     with transaction.atomic():

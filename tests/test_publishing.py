@@ -26,7 +26,8 @@ from django_sse.exceptions import (
     JobFinished,
 )
 from django_sse.identity import hash_session_key
-from django_sse.models import ACTIVE_STATUSES, FINISHED_STATUSES, Job, JobEvent, JobStatus
+from django_sse.lifecycle import ACTIVE_STATUSES, FINISHED_STATUSES, JobStatus
+from django_sse.models import Job, JobEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,8 +7,6 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-import django_sse.lifecycle
-
 
 class Migration(migrations.Migration):
     initial = True
@@ -102,7 +100,6 @@ class Migration(migrations.Migration):
                 "verbose_name_plural": "jobs",
                 "ordering": ["-created_at"],
             },
-            bases=(django_sse.lifecycle.JobLifecycleMixin, models.Model),
         ),
         migrations.CreateModel(
             name="JobEvent",

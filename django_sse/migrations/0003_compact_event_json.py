@@ -2,7 +2,7 @@
 
 from django.db import migrations, models
 
-import django_sse.models
+import django_sse.jsontext
 
 
 class Migration(migrations.Migration):
@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
             name="data",
             field=models.JSONField(
                 blank=True,
-                encoder=django_sse.models.CompactJSONEncoder,
+                encoder=django_sse.jsontext.CompactJSONEncoder,
                 null=True,
                 verbose_name="data",
             ),

@@ -26,7 +26,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext, pgettext
 
-from django_sse.models import ACTIVE_STATUSES, FINISHED_STATUSES, Job
+from django_sse.lifecycle import ACTIVE_STATUSES, FINISHED_STATUSES
+from django_sse.models import Job
 
 register = template.Library()
 
@@ -85,7 +86,7 @@ def cancel_pending(job: Job) -> bool:
 def status_message(job: Job) -> str:
     """The bar's message: how a finished job ended, "Stopping…" while a cancel is pending,
     else the last progress message. The script writes the same on the live events."""
-    # Plain strings, as in models.FINISHED_STATUSES (django-stubs types the members as tuples).
+    # Plain strings, as in lifecycle.FINISHED_STATUSES (django-stubs types the members as tuples).
     if job.status == "succeeded":
         return gettext("Done")
     if job.status == "failed" and job.error:
