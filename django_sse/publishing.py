@@ -34,6 +34,7 @@ from django_sse import metrics
 from django_sse.cancellation import cancel_check
 from django_sse.conf import conf
 from django_sse.exceptions import JobFinished
+from django_sse.fastpaths.sqltext import model_field
 from django_sse.jsontext import encode_data
 from django_sse.lifecycle import (
     ACTIVE_STATUSES,
@@ -42,7 +43,6 @@ from django_sse.lifecycle import (
     JobStatus,
     validate_event_type,
 )
-from django_sse.queries import model_field
 from django_sse.throttle import Progress, progress_throttle
 
 __all__ = ["apublish", "encode_data", "publish"]

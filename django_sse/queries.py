@@ -7,9 +7,10 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from django.db import connections, router
-from django.db.models import Field, Model
+from django.db.models import Model
 
 from django_sse.fastpaths.jsoncodec import compact_dumps, json_text
+from django_sse.fastpaths.sqltext import model_field
 
 # Larger IN lists are split, to stay under every backend's parameter limit.
 _IN_CHUNK = 500
@@ -25,13 +26,6 @@ class StoredEvent(NamedTuple):
     seq: int
     type: str
     data: str  # JSON text
-
-
-def model_field(model: type[Model], name: str) -> tuple[Field[Any, Any], str]:
-    """A concrete field of ``model`` and its column, for hand-written SQL."""
-    found = model._meta.get_field(name)
-    assert isinstance(found, Field) and found.column, name
-    return found, found.column
 
 
 def _raw_rows_supported(vendor: str) -> bool:
