@@ -7,6 +7,7 @@ every other supported Python.
     nox -s docs                  # the Sphinx site in docs/, warnings as errors
     nox -s package               # build, twine check, install the wheel alone, smoke-test it
     nox -s compat                # the quick suite on the other Pythons
+    nox -s quick                 # the inner loop: lint, types, unit + ASGI tests on SQLite
 
 Each ``tests`` session runs the suite three times: SQLite + in-memory layer, PostgreSQL + Redis
 core layer, PostgreSQL + Redis pub/sub layer (tests marked ``pgredis`` always use PostgreSQL and
@@ -56,12 +57,44 @@ def reachable(url: str, default_port: int) -> bool:
         return False
 
 
-@nox.session(python="3.11")
-def lint(session: nox.Session) -> None:
-    session.install("-e", ".[test,example]", DJANGO_52)
+# The suites that start servers, browsers, services or projects of their own: what the quick
+# loop leaves to the full run.
+LIVE_MARKERS = (
+    "e2e",
+    "browser",
+    "abuse",
+    "servers",
+    "netns",
+    "pgredis",
+    "pglayer",
+    "runexample",
+    "quickstart",
+)
+QUICK_MARKERS = " and ".join(f"not {marker}" for marker in LIVE_MARKERS)
+
+
+def check_code(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "django_sse", "tests", "example_project")
+
+
+@nox.session(python="3.11")
+def quick(session: nox.Session) -> None:
+    """The inner loop, a few minutes: lint, types, then the unit, ASGI and JavaScript tests on
+    SQLite with the in-memory layer (no server, browser or service). Not part of the default
+    run, which runs all of it and more."""
+    session.install("-e", ".[test,example]", DJANGO_52)
+    check_code(session)
+    args = session.posargs or ["-p", "no:cacheprovider"]
+    env = {"DATABASE_URL": "", "REDIS_URL": "", "REDIS_LAYER": ""}
+    session.run("pytest", *args, "-m", QUICK_MARKERS, env=env)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("-e", ".[test,example]", DJANGO_52)
+    check_code(session)
     session.install("docutils")
     for document in ("README.rst", "CHANGELOG.rst"):
         session.run("python", "-m", "docutils", "--halt=warning", document, os.devnull)
@@ -187,5 +220,6 @@ def compat(session: nox.Session, version: str, django: str) -> None:
     session.run(python, "-c", "import django; print('Django', django.get_version())", external=True)
     env = {"DATABASE_URL": "", "REDIS_URL": "", "REDIS_LAYER": ""}
     args = session.posargs or ["-p", "no:cacheprovider"]
+    # The quick loop's tests, and the Quick start's project on each Python.
     marker = "not e2e and not browser and not pgredis"
     session.run(python, "-m", "pytest", *args, "-m", marker, env=env, external=True)
