@@ -57,6 +57,7 @@
   // election and relay between tabs); Feed (openFeed: those three together); watch(); Binding
   // (bind() and the DOM); the API object and start().
 
+  // == Constants and helpers ======================================================================
   const LIFECYCLE_TYPES = Object.freeze([
     "started",
     "progress",
@@ -179,7 +180,7 @@
     return Math.random().toString(36).slice(2) + Date.now().toString(36);
   }
 
-  // == The tab protocol's messages ==============================================================
+  // == The tab protocol's messages ================================================================
   // Tabs that share a feed talk over a BroadcastChannel named after the feed's key, in messages
   // {t: <one of these>, ...}. The strings are the wire format between tabs, which may run
   // different copies of this file (a tab opened before a deploy): keep them as they are.
@@ -201,7 +202,7 @@
     ALONE: "alone",
   });
 
-  // == Ledger: what a feed has passed on ========================================================
+  // == Ledger: what a feed has passed on ==========================================================
   /*
    * Each message is {type, id, raw, job, seq}; `job` is "" on a one-job stream and the job's
    * UUID on the all-jobs stream, `seq` the event's number in its job. The ledger lets each
@@ -316,7 +317,7 @@
     return { type, id: event.lastEventId || null, raw, job, seq };
   }
 
-  // == Connection: this tab's own EventSource ===================================================
+  // == Connection: this tab's own EventSource =====================================================
   /*
    * One EventSource on `target`, listening for `options.types`. The browser retries a dropped
    * connection on its own, sending Last-Event-ID so that the stream resumes without a gap; this
@@ -374,7 +375,7 @@
     };
   }
 
-  // == TabShare: one connection for every tab of a feed =========================================
+  // == TabShare: one connection for every tab of a feed ===========================================
   /*
    * The tab that gets the Web Lock named after the feed's key leads: it holds the connection and
    * relays each message to the other tabs over a BroadcastChannel of that name. A tab that
@@ -562,7 +563,7 @@
     };
   }
 
-  // == Feed: a Ledger fed by a Connection or by a TabShare ======================================
+  // == Feed: a Ledger fed by a Connection or by a TabShare ========================================
   /*
    * The events of one stream URL, from a connection of this tab or shared by another tab. A
    * feed passes each (job, seq) on once, in order, to sink.message; sink.status gets the
@@ -714,7 +715,7 @@
     };
   }
 
-  // == watch(): one stream, with callbacks ======================================================
+  // == watch(): one stream, with callbacks ========================================================
   function watch(url, options = {}) {
     if (typeof root.EventSource === "undefined") {
       throw new Error("DjangoSSE: this browser has no EventSource.");
@@ -797,7 +798,7 @@
     };
   }
 
-  // == Binding: the page's elements ============================================================
+  // == Binding: the page's elements ===============================================================
   /*
    * bind(): elements with data-django-sse-job, kept up to date through one feed per stream URL:
    * their labels, parts (progress bar, status, message, log...), data attributes, connection
@@ -967,6 +968,8 @@
     }
   }
 
+  // -- Binding: the connection text and the stylesheet check --------------------------------------
+
   // The connection part: the connection's state when it is worth a word, else the missing
   // stylesheet if it is.
   function setConnection(element, labels, connection) {
@@ -1012,6 +1015,8 @@
       root.addEventListener("load", check, { once: true });
     }
   }
+
+  // -- Binding: Cancel buttons --------------------------------------------------------------------
 
   function csrfToken() {
     const field = document.querySelector("input[name=csrfmiddlewaretoken]");
@@ -1070,6 +1075,8 @@
       });
     }
   }
+
+  // -- Binding: bind() and one feed per group of jobs ---------------------------------------------
 
   const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
   // The server's limit on ?jobs= (django_sse.session_stream.parse_only).
@@ -1223,6 +1230,7 @@
     return feed;
   }
 
+  // == The API, and start() =======================================================================
   const DjangoSSE = Object.freeze({
     watch,
     bind,

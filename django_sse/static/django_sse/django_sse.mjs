@@ -10,6 +10,7 @@
 
 const root = globalThis;
 
+// == Constants and helpers ======================================================================
 const LIFECYCLE_TYPES = Object.freeze([
   "started",
   "progress",
@@ -132,7 +133,7 @@ function randomId() {
   return Math.random().toString(36).slice(2) + Date.now().toString(36);
 }
 
-// == The tab protocol's messages ==============================================================
+// == The tab protocol's messages ================================================================
 // Tabs that share a feed talk over a BroadcastChannel named after the feed's key, in messages
 // {t: <one of these>, ...}. The strings are the wire format between tabs, which may run
 // different copies of this file (a tab opened before a deploy): keep them as they are.
@@ -154,7 +155,7 @@ const ROLE = Object.freeze({
   ALONE: "alone",
 });
 
-// == Ledger: what a feed has passed on ========================================================
+// == Ledger: what a feed has passed on ==========================================================
 /*
  * Each message is {type, id, raw, job, seq}; `job` is "" on a one-job stream and the job's
  * UUID on the all-jobs stream, `seq` the event's number in its job. The ledger lets each
@@ -269,7 +270,7 @@ function messageFrom(session, type, event) {
   return { type, id: event.lastEventId || null, raw, job, seq };
 }
 
-// == Connection: this tab's own EventSource ===================================================
+// == Connection: this tab's own EventSource =====================================================
 /*
  * One EventSource on `target`, listening for `options.types`. The browser retries a dropped
  * connection on its own, sending Last-Event-ID so that the stream resumes without a gap; this
@@ -327,7 +328,7 @@ function openConnection(target, options, on) {
   };
 }
 
-// == TabShare: one connection for every tab of a feed =========================================
+// == TabShare: one connection for every tab of a feed ===========================================
 /*
  * The tab that gets the Web Lock named after the feed's key leads: it holds the connection and
  * relays each message to the other tabs over a BroadcastChannel of that name. A tab that
@@ -515,7 +516,7 @@ function shareWithTabs(name, feed) {
   };
 }
 
-// == Feed: a Ledger fed by a Connection or by a TabShare ======================================
+// == Feed: a Ledger fed by a Connection or by a TabShare ========================================
 /*
  * The events of one stream URL, from a connection of this tab or shared by another tab. A
  * feed passes each (job, seq) on once, in order, to sink.message; sink.status gets the
@@ -667,7 +668,7 @@ function openFeed(url, options, sink) {
   };
 }
 
-// == watch(): one stream, with callbacks ======================================================
+// == watch(): one stream, with callbacks ========================================================
 function watch(url, options = {}) {
   if (typeof root.EventSource === "undefined") {
     throw new Error("DjangoSSE: this browser has no EventSource.");
@@ -750,7 +751,7 @@ function watch(url, options = {}) {
   };
 }
 
-// == Binding: the page's elements ============================================================
+// == Binding: the page's elements ===============================================================
 /*
  * bind(): elements with data-django-sse-job, kept up to date through one feed per stream URL:
  * their labels, parts (progress bar, status, message, log...), data attributes, connection
@@ -920,6 +921,8 @@ function apply(element, labels, type, data) {
   }
 }
 
+// -- Binding: the connection text and the stylesheet check --------------------------------------
+
 // The connection part: the connection's state when it is worth a word, else the missing
 // stylesheet if it is.
 function setConnection(element, labels, connection) {
@@ -965,6 +968,8 @@ function checkStylesheet() {
     root.addEventListener("load", check, { once: true });
   }
 }
+
+// -- Binding: Cancel buttons --------------------------------------------------------------------
 
 function csrfToken() {
   const field = document.querySelector("input[name=csrfmiddlewaretoken]");
@@ -1023,6 +1028,8 @@ function wireCancel(element, labels) {
     });
   }
 }
+
+// -- Binding: bind() and one feed per group of jobs ---------------------------------------------
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 // The server's limit on ?jobs= (django_sse.session_stream.parse_only).
@@ -1176,6 +1183,7 @@ function follow(url, jobs) {
   return feed;
 }
 
+// == The API, and start() =======================================================================
 const DjangoSSE = Object.freeze({
   watch,
   bind,
