@@ -2,7 +2,8 @@
 
 - ``tests/js/*.test.mjs``: unit tests of the classic script and of the ES module, on Node's
   built-in runner. They need Node 20+ and no npm package: ``tests/js/support/`` fakes the
-  browser APIs the client uses (a DOM, EventSource, timers), and Node's runner runs only the
+  browser APIs the client uses (a DOM, EventSource, timers; for the tab protocol, tabs of one
+  profile sharing BroadcastChannels and Web Locks), and Node's runner runs only the
   ``*.test.mjs`` files.
 - ``tests/js/types/``: a front-end project's TypeScript using the client, which depends on it by
   path (``"django-sse-jobs": "file:.../django_sse/static/django_sse"``, installed by npm without
@@ -128,8 +129,9 @@ def test_the_client_passes_its_node_tests() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # The ES module's own tests ran too.
+    # The ES module's own tests ran too, and the tab protocol's.
     assert "imported without a page" in result.stdout
+    assert "the leader's tab closes" in result.stdout
 
 
 @pytest.mark.timeout(NPM_SECONDS + 60)

@@ -10,6 +10,7 @@
 
 const root = globalThis;
 
+// == Constants and helpers ======================================================================
 const LIFECYCLE_TYPES = Object.freeze([
   "started",
   "progress",
@@ -132,11 +133,394 @@ function randomId() {
   return Math.random().toString(36).slice(2) + Date.now().toString(36);
 }
 
+// == The tab protocol's messages ================================================================
+// Tabs that share a feed talk over a BroadcastChannel named after the feed's key, in messages
+// {t: <one of these>, ...}. The strings are the wire format between tabs, which may run
+// different copies of this file (a tab opened before a deploy): keep them as they are.
+const MESSAGE = Object.freeze({
+  HELLO: "hello", // joining tab -> leader: {from, have: {job: seq}}, what that tab has seen
+  SYNC: "sync", // leader -> the joining tab: {to, ok, msgs, state}; ok false: no gapless proof
+  EVENT: "msg", // leader -> every tab: {msg}, one message as the leader passed it on
+  STATE: "state", // leader -> every tab: {state}, its connection's state
+  LEADER: "leader", // a new leader -> every tab: {from}; the others join it again
+  END: "end", // leader (or a tab on its own) -> every tab: {opened}; the server ended it
+});
+
+// What a tab is to a shared feed: "joining" until it knows, then the one that holds the
+// connection, one fed by it, or one with a connection of its own (no leader could catch it up).
+const ROLE = Object.freeze({
+  JOINING: "joining",
+  LEADER: "leader",
+  FOLLOWER: "follower",
+  ALONE: "alone",
+});
+
+// == Ledger: what a feed has passed on ==========================================================
 /*
- * A feed: the events of one stream URL, from a connection of this tab or shared by another.
  * Each message is {type, id, raw, job, seq}; `job` is "" on a one-job stream and the job's
- * UUID on the all-jobs stream, `seq` the event's number in its job. A feed passes each
- * (job, seq) on once, in order, to sink.message; sink.status gets the connection state.
+ * UUID on the all-jobs stream, `seq` the event's number in its job. The ledger lets each
+ * (job, seq) through once, in order; keeps the last BUFFER_EVENTS messages, from which a
+ * joining tab is caught up; and knows the point to resume from.
+ */
+class Ledger {
+  constructor(session, { positions = {}, lastEventId, horizon } = {}) {
+    this.session = session;
+    this.positions = Object.assign({}, positions); // job -> the last seq passed on
+    // job -> the seq just before the oldest one in the buffer: what this tab can catch up
+    // from. At first, what it knew before its first event.
+    this.base = Object.assign({}, positions);
+    this.buffer = [];
+    this.lastId = lastEventId === undefined ? null : lastEventId;
+    this.horizon = horizon || 0;
+  }
+
+  // Records a message; false for an older or repeated (job, seq), which is to be dropped.
+  record(message) {
+    if (message.seq !== null) {
+      const known = this.positions[message.job];
+      if (known !== undefined && message.seq <= known) {
+        return false;
+      }
+      if (!(message.job in this.base)) {
+        this.base[message.job] = message.seq - 1;
+      }
+      this.positions[message.job] = message.seq;
+    }
+    if (message.id) {
+      this.lastId = message.id;
+      if (this.session) {
+        const point = parseSessionResumePoint(message.id);
+        this.horizon = point ? Math.max(this.horizon, point.horizon) : this.horizon;
+      }
+    }
+    this.buffer.push(message);
+    if (this.buffer.length > BUFFER_EVENTS) {
+      const dropped = this.buffer.shift();
+      if (dropped.seq !== null) {
+        this.base[dropped.job] = Math.max(this.base[dropped.job] || 0, dropped.seq);
+      }
+    }
+    return true;
+  }
+
+  // Where a connection of this tab starts: null for a first connection.
+  resumeId() {
+    if (this.session) {
+      // What the server last said (every job it followed) merged with what this tab has
+      // seen, so that a tab taking over resumes every job where it is.
+      const point = parseSessionResumePoint(this.lastId);
+      const refs = Object.assign({}, point ? point.refs : {});
+      for (const job of Object.keys(this.positions)) {
+        const ref = jobRef(job);
+        refs[ref] = Math.max(refs[ref] ?? 0, this.positions[job]);
+      }
+      if (!point && Object.keys(refs).length === 0) {
+        return null; // a first connection
+      }
+      return sessionResumePoint(Math.max(this.horizon, point ? point.horizon : 0), refs);
+    }
+    if (this.positions[""] !== undefined) {
+      return String(this.positions[""]);
+    }
+    return this.lastId;
+  }
+
+  // What a tab that has seen up to `have` ({job: seq}) is missing, in order, or null when
+  // this ledger cannot prove it gapless.
+  catchUp(have) {
+    for (const job of Object.keys(have)) {
+      if (!(job in this.base)) {
+        return null; // a job this tab knows nothing about
+      }
+    }
+    for (const job of Object.keys(this.base)) {
+      if ((have[job] === undefined ? 0 : have[job]) < this.base[job]) {
+        return null; // the other tab is further behind than this tab's memory goes
+      }
+    }
+    // A new session follower is like a first connection: jobs that ended before it came
+    // are not sent (their pages were rendered finished).
+    const ended = new Set(
+      this.buffer.filter((message) => TERMINAL_TYPES.has(message.type)).map((m) => m.job)
+    );
+    return this.buffer.filter(
+      (message) =>
+        message.seq !== null &&
+        message.seq > (have[message.job] || 0) &&
+        !(this.session && !(message.job in have) && ended.has(message.job))
+    );
+  }
+}
+
+// A server event as a ledger message.
+function messageFrom(session, type, event) {
+  let job = "";
+  let seq = null;
+  let raw = event.data;
+  if (session) {
+    const envelope = parseData(event.data);
+    if (envelope && typeof envelope === "object" && "job" in envelope) {
+      job = String(envelope.job);
+      seq = Number(envelope.seq);
+      raw = JSON.stringify(envelope.data === undefined ? null : envelope.data);
+    }
+  } else if (/^\d+$/.test(event.lastEventId || "")) {
+    seq = Number(event.lastEventId);
+  }
+  return { type, id: event.lastEventId || null, raw, job, seq };
+}
+
+// == Connection: this tab's own EventSource =====================================================
+/*
+ * One EventSource on `target`, listening for `options.types`. The browser retries a dropped
+ * connection on its own, sending Last-Event-ID so that the stream resumes without a gap; this
+ * only reports what happens, to `on`: message(type, event), open(), drop() (the browser
+ * retries), refuse() (it gave up for good) and, with options.watchOpening, silence() when
+ * nothing answered within OPEN_TIMEOUT_MS. The feed decides what each means.
+ */
+function openConnection(target, options, on) {
+  const connection = {
+    source: new root.EventSource(target, { withCredentials: Boolean(options.withCredentials) }),
+    openTimer: null,
+    closed: false,
+  };
+  const { source } = connection;
+  if (options.watchOpening) {
+    // An error or an open clears it: still waiting for the first answer when it fires.
+    connection.openTimer = setTimeout(() => {
+      if (!connection.closed) {
+        on.silence();
+      }
+    }, OPEN_TIMEOUT_MS);
+  }
+  for (const type of options.types) {
+    source.addEventListener(type, (event) => {
+      if (!connection.closed && isServerEvent(event)) {
+        on.message(type, event);
+      }
+    });
+  }
+  source.addEventListener("open", (event) => {
+    if (!connection.closed && !isServerEvent(event)) {
+      clearTimeout(connection.openTimer);
+      on.open();
+    }
+  });
+  source.addEventListener("error", (event) => {
+    if (connection.closed || isServerEvent(event)) {
+      return;
+    }
+    // CLOSED means the browser gave up for good: the server answered 204 (nothing more to
+    // send), 404 (no such job, or not yours) or something that is not an event stream.
+    clearTimeout(connection.openTimer);
+    if (source.readyState === root.EventSource.CLOSED) {
+      on.refuse();
+    } else {
+      on.drop();
+    }
+  });
+  return {
+    close() {
+      connection.closed = true;
+      clearTimeout(connection.openTimer);
+      source.close();
+    },
+  };
+}
+
+// == TabShare: one connection for every tab of a feed ===========================================
+/*
+ * The tab that gets the Web Lock named after the feed's key leads: it holds the connection and
+ * relays each message to the other tabs over a BroadcastChannel of that name. A tab that
+ * joins says what it has seen (HELLO) and is sent the rest from the leader's ledger (SYNC);
+ * when that cannot be proven gapless, or nobody answers within SYNC_TIMEOUT_MS, it opens a
+ * connection of its own. When the leader's tab goes away its lock is released: the next tab
+ * in the lock's queue leads, from its own ledger, and the others join it again.
+ *
+ * `feed` is what the tab protocol needs of the feed: its state, closed, catchUp(have),
+ * have(), deliver(message), showLeaderState(state), connect() and close(info).
+ */
+function shareWithTabs(name, feed) {
+  const tab = {
+    me: randomId(),
+    role: ROLE.JOINING,
+    syncing: false, // asked to join, not answered yet: relayed messages wait for the answer
+    syncTimer: null,
+    channel: new root.BroadcastChannel(name),
+    releaseLock: null,
+    lockAbort: typeof AbortController === "function" ? new AbortController() : null,
+  };
+
+  function post(message) {
+    if (tab.channel) {
+      try {
+        tab.channel.postMessage(message);
+      } catch (error) {
+        // A closed channel (the page is going away): nothing to tell.
+      }
+    }
+  }
+
+  // What only the leader tells the other tabs.
+  function relay(message) {
+    if (tab.role === ROLE.LEADER) {
+      post(message);
+    }
+  }
+
+  function onMessage(event) {
+    const message = event.data || {};
+    if (feed.closed) {
+      return;
+    }
+    if (tab.role === ROLE.LEADER) {
+      if (message.t === MESSAGE.HELLO && message.from !== tab.me) {
+        const missing = feed.catchUp(message.have || {});
+        post({
+          t: MESSAGE.SYNC,
+          to: message.from,
+          ok: missing !== null,
+          msgs: missing || [],
+          state: feed.state,
+        });
+      }
+      return;
+    }
+    if (tab.role !== ROLE.FOLLOWER) {
+      return;
+    }
+    switch (message.t) {
+      case MESSAGE.SYNC:
+        if (message.to === tab.me && tab.syncing) {
+          clearTimeout(tab.syncTimer);
+          if (!message.ok) {
+            goAlone();
+            return;
+          }
+          tab.syncing = false;
+          for (const missed of message.msgs) {
+            feed.deliver(missed);
+          }
+          feed.showLeaderState(message.state || "open");
+        }
+        break;
+      case MESSAGE.EVENT:
+        if (!tab.syncing) {
+          feed.deliver(message.msg);
+        }
+        break;
+      case MESSAGE.STATE:
+        if (!tab.syncing && message.state !== "closed") {
+          feed.showLeaderState(message.state);
+        }
+        break;
+      case MESSAGE.LEADER:
+        // The tab that held the connection went away and another took over.
+        askToJoin();
+        break;
+      case MESSAGE.END:
+        if (!tab.syncing) {
+          feed.close({ opened: message.opened !== false });
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  function askToJoin() {
+    tab.syncing = true;
+    clearTimeout(tab.syncTimer);
+    tab.syncTimer = setTimeout(goAlone, SYNC_TIMEOUT_MS);
+    post({ t: MESSAGE.HELLO, from: tab.me, have: feed.have() });
+  }
+
+  // No leader could catch this tab up: it gets a connection of its own.
+  function goAlone() {
+    clearTimeout(tab.syncTimer);
+    if (feed.closed || tab.role === ROLE.ALONE || tab.role === ROLE.LEADER) {
+      return;
+    }
+    tab.role = ROLE.ALONE;
+    tab.syncing = false;
+    if (tab.lockAbort) {
+      tab.lockAbort.abort();
+    }
+    feed.connect();
+  }
+
+  // Granted the lock: lead until the feed closes (or the tab goes away), which releases it.
+  function lead() {
+    const takeover = tab.role === ROLE.FOLLOWER;
+    return new Promise((resolve) => {
+      tab.releaseLock = resolve;
+      const start = () => {
+        if (feed.closed || tab.role === ROLE.ALONE) {
+          resolve();
+          return;
+        }
+        clearTimeout(tab.syncTimer);
+        tab.role = ROLE.LEADER;
+        tab.syncing = false;
+        post({ t: MESSAGE.LEADER, from: tab.me });
+        feed.connect();
+      };
+      if (takeover) {
+        // The lock can be granted before the last messages of the tab that held it are
+        // read: its final event may be among them, and then there is nothing to take over.
+        setTimeout(start, TAKEOVER_DELAY_MS);
+      } else {
+        start();
+      }
+    });
+  }
+
+  tab.channel.addEventListener("message", onMessage);
+  root.navigator.locks
+    .request(name, { ifAvailable: true }, (lock) => {
+      if (lock) {
+        return lead();
+      }
+      tab.role = ROLE.FOLLOWER;
+      askToJoin();
+      // Take over when the leader goes away.
+      const wait = tab.lockAbort ? { signal: tab.lockAbort.signal } : {};
+      root.navigator.locks.request(name, wait, lead).catch(() => {});
+      return undefined;
+    })
+    .catch(() => {
+      if (tab.role !== ROLE.LEADER) {
+        goAlone();
+      }
+    });
+
+  return {
+    post,
+    relay,
+    get role() {
+      return tab.role;
+    },
+    close() {
+      clearTimeout(tab.syncTimer);
+      if (tab.lockAbort) {
+        tab.lockAbort.abort();
+      }
+      if (tab.releaseLock) {
+        tab.releaseLock();
+      }
+      if (tab.channel) {
+        tab.channel.close();
+        tab.channel = null;
+      }
+    },
+  };
+}
+
+// == Feed: a Ledger fed by a Connection or by a TabShare ========================================
+/*
+ * The events of one stream URL, from a connection of this tab or shared by another tab. A
+ * feed passes each (job, seq) on once, in order, to sink.message; sink.status gets the
+ * connection state (and, once "closed", {opened}: did the server ever answer with a stream).
  */
 function openFeed(url, options, sink) {
   const session = options.kind === "session";
@@ -147,179 +531,78 @@ function openFeed(url, options, sink) {
   // (see {% django_sse_assets %}), so a tab rendered for another login never joins.
   const identity = options.identity ?? pageIdentity();
   const key = [identity, absolute(withResumePoint(url, null)).href, [...types].sort()].join(" ");
-  const positions = Object.assign({}, options.positions || {});
-  const base = Object.assign({}, positions); // what this tab knew before its first event
-  const buffer = [];
-  const me = randomId();
-  let lastId = options.lastEventId === undefined ? null : options.lastEventId;
-  let horizon = options.horizon || 0;
-  let state = null;
-  let closed = false;
-  let source = null;
-  let opened = false; // did this connection (or the leader's) ever open?
-  let openTimer = null;
-  let role = "joining"; // then "leader", "follower" or "alone" (a connection of its own)
-  let syncing = false;
-  let syncTimer = null;
-  let channel = null;
-  let releaseLock = null;
-  const lockAbort = typeof AbortController === "function" ? new AbortController() : null;
+  const ledger = new Ledger(session, options);
+  const feed = {
+    state: null,
+    closed: false,
+    opened: false, // did this tab's connection (or the leader's) ever open?
+    connection: null,
+    tabs: null, // the TabShare, when sharing
+  };
 
   function setState(next) {
-    if (next !== state) {
-      state = next;
+    if (next !== feed.state) {
+      feed.state = next;
       call(sink.status, next);
-      if (role === "leader") {
-        post({ t: "state", state: next });
+      if (feed.tabs) {
+        feed.tabs.relay({ t: MESSAGE.STATE, state: next });
       }
     }
   }
 
-  function post(message) {
-    if (channel) {
-      try {
-        channel.postMessage(message);
-      } catch (error) {
-        // A closed channel (the page is going away): nothing to tell.
-      }
-    }
-  }
-
-  // Pass a message on once: older or repeated (job, seq) pairs are dropped.
   function deliver(message) {
-    if (closed) {
+    if (feed.closed || !ledger.record(message)) {
       return;
     }
-    if (message.seq !== null) {
-      const known = positions[message.job];
-      if (known !== undefined && message.seq <= known) {
-        return;
-      }
-      if (!(message.job in base)) {
-        base[message.job] = message.seq - 1;
-      }
-      positions[message.job] = message.seq;
-    }
-    if (message.id) {
-      lastId = message.id;
-      if (session) {
-        const point = parseSessionResumePoint(message.id);
-        horizon = point ? Math.max(horizon, point.horizon) : horizon;
-      }
-    }
-    buffer.push(message);
-    if (buffer.length > BUFFER_EVENTS) {
-      const dropped = buffer.shift();
-      if (dropped.seq !== null) {
-        base[dropped.job] = Math.max(base[dropped.job] || 0, dropped.seq);
-      }
-    }
-    if (role === "leader") {
-      post({ t: "msg", msg: message });
+    if (feed.tabs) {
+      feed.tabs.relay({ t: MESSAGE.EVENT, msg: message });
     }
     sink.message(message);
   }
 
-  function messageFrom(type, event) {
-    let job = "";
-    let seq = null;
-    let raw = event.data;
-    if (session) {
-      const envelope = parseData(event.data);
-      if (envelope && typeof envelope === "object" && "job" in envelope) {
-        job = String(envelope.job);
-        seq = Number(envelope.seq);
-        raw = JSON.stringify(envelope.data === undefined ? null : envelope.data);
-      }
-    } else if (/^\d+$/.test(event.lastEventId || "")) {
-      seq = Number(event.lastEventId);
-    }
-    return { type, id: event.lastEventId || null, raw, job, seq };
-  }
-
-  function resumeId() {
-    if (session) {
-      // What the server last said (every job it followed) merged with what this tab has
-      // seen, so that a tab taking over resumes every job where it is.
-      const point = parseSessionResumePoint(lastId);
-      const refs = Object.assign({}, point ? point.refs : {});
-      for (const job of Object.keys(positions)) {
-        const ref = jobRef(job);
-        refs[ref] = Math.max(refs[ref] ?? 0, positions[job]);
-      }
-      if (!point && Object.keys(refs).length === 0) {
-        return null; // a first connection
-      }
-      return sessionResumePoint(Math.max(horizon, point ? point.horizon : 0), refs);
-    }
-    if (!session && positions[""] !== undefined) {
-      return String(positions[""]);
-    }
-    return lastId;
-  }
-
-  // -- this tab's own connection ------------------------------------------------------------
-
   function connect() {
-    const first = state === null || state === "connecting" || state === "stalled";
+    const first = feed.state === null || feed.state === "connecting" || feed.state === "stalled";
     setState(first ? "connecting" : "reconnecting");
-    const target = withResumePoint(url, resumeId());
-    source = new root.EventSource(target, {
-      withCredentials: Boolean(options.withCredentials),
-    });
-    if (!opened) {
-      clearTimeout(openTimer);
-      openTimer = setTimeout(() => {
-        // Still waiting for the first answer (an error or an open would have cleared it).
-        if (!closed && !opened && state === "connecting") {
-          console.warn(
-            `DjangoSSE: no answer from ${target} after ${OPEN_TIMEOUT_MS / 1000} s. ` +
-              STALLED_HINT
-          );
-          setState("stalled");
-        }
-      }, OPEN_TIMEOUT_MS);
-    }
-    for (const type of types) {
-      source.addEventListener(type, (event) => {
-        if (!closed && isServerEvent(event)) {
-          deliver(messageFrom(type, event));
-        }
-      });
-    }
-    source.addEventListener("open", (event) => {
-      if (!closed && !isServerEvent(event)) {
-        clearTimeout(openTimer);
-        opened = true;
-        setState("open");
+    const target = withResumePoint(url, ledger.resumeId());
+    feed.connection = openConnection(
+      target,
+      { types, withCredentials: options.withCredentials, watchOpening: !feed.opened },
+      {
+        message(type, event) {
+          deliver(messageFrom(session, type, event));
+        },
+        open() {
+          feed.opened = true;
+          setState("open");
+        },
+        silence() {
+          if (!feed.closed && !feed.opened && feed.state === "connecting") {
+            console.warn(
+              `DjangoSSE: no answer from ${target} after ${OPEN_TIMEOUT_MS / 1000} s. ` +
+                STALLED_HINT
+            );
+            setState("stalled");
+          }
+        },
+        drop() {
+          setState("reconnecting");
+        },
+        refuse() {
+          if (!feed.opened) {
+            console.error(
+              `DjangoSSE: ${target} did not answer with an event stream (status 200, ` +
+                "Content-Type text/event-stream), so the browser gave up. " +
+                REFUSED_HINT
+            );
+          }
+          if (feed.tabs) {
+            feed.tabs.post({ t: MESSAGE.END, opened: feed.opened });
+          }
+          close({ opened: feed.opened });
+        },
       }
-    });
-    source.addEventListener("error", (event) => {
-      if (closed || isServerEvent(event)) {
-        return;
-      }
-      // CLOSED means the browser gave up for good: the server answered 204 (nothing more to
-      // send), 404 (no such job, or not yours) or something that is not an event stream.
-      // Otherwise the connection dropped and the browser retries on its own, sending
-      // Last-Event-ID so that the stream resumes without a gap.
-      clearTimeout(openTimer);
-      if (source.readyState === root.EventSource.CLOSED) {
-        if (!opened) {
-          console.error(
-            `DjangoSSE: ${target} did not answer with an event stream (status 200, ` +
-              "Content-Type text/event-stream), so the browser gave up. " +
-              REFUSED_HINT
-          );
-        }
-        post({ t: "end", opened });
-        close({ opened });
-      } else {
-        setState("reconnecting");
-      }
-    });
+    );
   }
-
-  // -- sharing ------------------------------------------------------------------------------
 
   function canShare() {
     return (
@@ -332,206 +615,60 @@ function openFeed(url, options, sink) {
     );
   }
 
-  // What a tab that has seen up to `have` is missing, or null if this tab cannot tell.
-  function catchUp(have) {
-    for (const job of Object.keys(have)) {
-      if (!(job in base)) {
-        return null; // a job this tab knows nothing about
-      }
-    }
-    for (const job of Object.keys(base)) {
-      if ((have[job] === undefined ? 0 : have[job]) < base[job]) {
-        return null; // the other tab is further behind than this tab's memory goes
-      }
-    }
-    // A new session follower is like a first connection: jobs that ended before it came
-    // are not sent (their pages were rendered finished).
-    const ended = new Set(
-      buffer.filter((message) => TERMINAL_TYPES.has(message.type)).map((m) => m.job)
-    );
-    return buffer.filter(
-      (message) =>
-        message.seq !== null &&
-        message.seq > (have[message.job] || 0) &&
-        !(session && !(message.job in have) && ended.has(message.job))
-    );
-  }
-
-  function onChannel(event) {
-    const message = event.data || {};
-    if (closed) {
-      return;
-    }
-    if (role === "leader") {
-      if (message.t === "hello" && message.from !== me) {
-        const missing = catchUp(message.have || {});
-        post({ t: "sync", to: message.from, ok: missing !== null, msgs: missing || [], state });
-      }
-      return;
-    }
-    if (role !== "follower") {
-      return;
-    }
-    switch (message.t) {
-      case "sync":
-        if (message.to === me && syncing) {
-          clearTimeout(syncTimer);
-          if (!message.ok) {
-            goAlone();
-            return;
-          }
-          syncing = false;
-          for (const missed of message.msgs) {
-            deliver(missed);
-          }
-          opened = opened || !message.state || message.state === "open";
-          setState(message.state || "open");
-        }
-        break;
-      case "msg":
-        if (!syncing) {
-          deliver(message.msg);
-        }
-        break;
-      case "state":
-        if (!syncing && message.state !== "closed") {
-          opened = opened || message.state === "open";
-          setState(message.state);
-        }
-        break;
-      case "leader":
-        // The tab that held the connection went away and another took over.
-        askToJoin();
-        break;
-      case "end":
-        if (!syncing) {
-          close({ opened: message.opened !== false });
-        }
-        break;
-      default:
-        break;
-    }
-  }
-
-  function askToJoin() {
-    syncing = true;
-    clearTimeout(syncTimer);
-    syncTimer = setTimeout(goAlone, SYNC_TIMEOUT_MS);
-    post({ t: "hello", from: me, have: Object.assign({}, positions) });
-  }
-
-  // No leader could catch this tab up: it gets a connection of its own.
-  function goAlone() {
-    clearTimeout(syncTimer);
-    if (closed || role === "alone" || role === "leader") {
-      return;
-    }
-    role = "alone";
-    syncing = false;
-    if (lockAbort) {
-      lockAbort.abort();
-    }
-    connect();
-  }
-
-  function lead() {
-    const takeover = role === "follower";
-    return new Promise((resolve) => {
-      releaseLock = resolve;
-      const start = () => {
-        if (closed || role === "alone") {
-          resolve();
-          return;
-        }
-        clearTimeout(syncTimer);
-        role = "leader";
-        syncing = false;
-        post({ t: "leader", from: me });
-        connect();
-      };
-      if (takeover) {
-        // The lock can be granted before the last messages of the tab that held it are
-        // read: its final event may be among them, and then there is nothing to take over.
-        setTimeout(start, TAKEOVER_DELAY_MS);
-      } else {
-        start();
-      }
-    });
-  }
-
-  function share() {
-    const name = "django_sse " + key;
-    channel = new root.BroadcastChannel(name);
-    channel.addEventListener("message", onChannel);
-    setState("connecting");
-    root.navigator.locks
-      .request(name, { ifAvailable: true }, (lock) => {
-        if (lock) {
-          return lead();
-        }
-        role = "follower";
-        askToJoin();
-        // Take over when the leader goes away.
-        const wait = lockAbort ? { signal: lockAbort.signal } : {};
-        root.navigator.locks.request(name, wait, lead).catch(() => {});
-        return undefined;
-      })
-      .catch(() => {
-        if (role !== "leader") {
-          goAlone();
-        }
-      });
-  }
-
   // `info.opened`: false when the server never answered with an event stream.
   function close(info = { opened: true }) {
-    if (closed) {
+    if (feed.closed) {
       return;
     }
-    closed = true;
-    clearTimeout(syncTimer);
-    clearTimeout(openTimer);
-    if (source) {
-      source.close();
+    feed.closed = true;
+    if (feed.connection) {
+      feed.connection.close();
     }
-    if (lockAbort) {
-      lockAbort.abort();
+    if (feed.tabs) {
+      feed.tabs.close();
     }
-    if (releaseLock) {
-      releaseLock();
-    }
-    if (channel) {
-      channel.close();
-      channel = null;
-    }
-    state = null;
+    feed.state = null;
     call(sink.status, "closed", info);
   }
 
   if (canShare()) {
-    share();
+    setState("connecting");
+    feed.tabs = shareWithTabs("django_sse " + key, {
+      get closed() {
+        return feed.closed;
+      },
+      get state() {
+        return feed.state;
+      },
+      catchUp: (have) => ledger.catchUp(have),
+      have: () => Object.assign({}, ledger.positions),
+      deliver,
+      showLeaderState(state) {
+        feed.opened = feed.opened || state === "open";
+        setState(state);
+      },
+      connect,
+      close,
+    });
   } else {
-    role = "alone";
     connect();
   }
 
   return {
     close: () => close(),
     get state() {
-      return closed ? "closed" : state;
+      return feed.closed ? "closed" : feed.state;
     },
     get lastEventId() {
-      return lastId;
+      return ledger.lastId;
     },
     get shared() {
-      return role;
+      return feed.tabs ? feed.tabs.role : ROLE.ALONE;
     },
   };
 }
 
-/*
- * watch(): one stream, with callbacks.
- */
+// == watch(): one stream, with callbacks ========================================================
 function watch(url, options = {}) {
   if (typeof root.EventSource === "undefined") {
     throw new Error("DjangoSSE: this browser has no EventSource.");
@@ -614,8 +751,11 @@ function watch(url, options = {}) {
   };
 }
 
+// == Binding: the page's elements ===============================================================
 /*
- * bind(): elements with data-django-sse-job, kept up to date through one feed per stream URL.
+ * bind(): elements with data-django-sse-job, kept up to date through one feed per stream URL:
+ * their labels, parts (progress bar, status, message, log...), data attributes, connection
+ * text and Cancel buttons.
  */
 const DEFAULT_LABELS = {
   pending: "Pending",
@@ -781,6 +921,8 @@ function apply(element, labels, type, data) {
   }
 }
 
+// -- Binding: the connection text and the stylesheet check --------------------------------------
+
 // The connection part: the connection's state when it is worth a word, else the missing
 // stylesheet if it is.
 function setConnection(element, labels, connection) {
@@ -826,6 +968,8 @@ function checkStylesheet() {
     root.addEventListener("load", check, { once: true });
   }
 }
+
+// -- Binding: Cancel buttons --------------------------------------------------------------------
 
 function csrfToken() {
   const field = document.querySelector("input[name=csrfmiddlewaretoken]");
@@ -884,6 +1028,8 @@ function wireCancel(element, labels) {
     });
   }
 }
+
+// -- Binding: bind() and one feed per group of jobs ---------------------------------------------
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 // The server's limit on ?jobs= (django_sse.session_stream.parse_only).
@@ -1037,12 +1183,16 @@ function follow(url, jobs) {
   return feed;
 }
 
+// == The API, and start() =======================================================================
 const DjangoSSE = Object.freeze({
   watch,
   bind,
   LIFECYCLE_TYPES,
   TERMINAL_TYPES: TERMINAL_TYPE_LIST,
   _sameOriginUrl: sameOriginUrl, // for the tests
+  // For tests/js only, not API (not in django_sse.d.ts, may change in any release): the
+  // parts of the client, to test the tab protocol and the ledger on their own.
+  _parts: Object.freeze({ MESSAGE, ROLE, Ledger, openFeed }),
 });
 
 // Bind what the page holds once it is parsed ("defer" and module scripts run just before

@@ -97,6 +97,20 @@ export class FakeClock {
   clearTimeout = (id) => {
     this.timers.delete(id);
   };
+  // Runs the first timer due by `until`, if any: false when there is none.
+  runNext(until) {
+    const due = [...this.timers]
+      .filter(([, timer]) => timer.at <= until)
+      .sort((a, b) => a[1].at - b[1].at);
+    if (due.length === 0) {
+      return false;
+    }
+    const [id, timer] = due[0];
+    this.timers.delete(id);
+    this.now = timer.at;
+    timer.callback();
+    return true;
+  }
   tick(ms) {
     const until = this.now + ms;
     for (;;) {
@@ -115,7 +129,8 @@ export class FakeClock {
   }
 }
 
-// An EventSource the test drives: open(), emit(), fail(readyState).
+// An EventSource the test drives: open(), emit(), fail(readyState). Each fake browser has a
+// subclass of its own, whose `created` lists the sources made in that browser.
 export class FakeEventSource {
   static CONNECTING = 0;
   static OPEN = 1;
@@ -126,7 +141,7 @@ export class FakeEventSource {
     this.readyState = FakeEventSource.CONNECTING;
     this.listeners = new Map();
     this.closed = false;
-    FakeEventSource.created.push(this);
+    new.target.created.push(this);
   }
   addEventListener(type, listener) {
     this.listeners.set(type, [...(this.listeners.get(type) || []), listener]);
@@ -157,7 +172,8 @@ export class FakeEventSource {
 /*
  * A fresh copy of the client in a fake window. What it fetches and logs is recorded.
  * options.stylesheet: undefined (no <link data-django-sse-stylesheet> on the page), or
- * {loaded: bool}; options.pageReady: the document's readyState once the page has loaded.
+ * {loaded: bool}; options.pageReady: the document's readyState once the page has loaded;
+ * options.clock: a FakeClock to share with other fake browsers (tabs), else one of its own.
  */
 export function load(options = {}) {
   const browser = fakeBrowser(options);
@@ -200,7 +216,7 @@ function fakeBrowser(options) {
   const fetched = [];
   const errors = [];
   const warnings = [];
-  const clock = new FakeClock();
+  const clock = options.clock || new FakeClock();
   const location = new URL(PAGE);
   const windowListeners = new Map();
   const documentListeners = new Map();
@@ -209,7 +225,10 @@ function fakeBrowser(options) {
     ? { href: "https://app.example/static/django_sse/django_sse.css" }
     : null;
   const documentElement = new FakeElement();
-  FakeEventSource.created = [];
+  const EventSource = class extends FakeEventSource {
+    static created = [];
+  };
+  FakeEventSource.created = EventSource.created; // the latest browser's
   const window = {
     location: { href: location.href, origin: location.origin },
     document: {
@@ -254,7 +273,7 @@ function fakeBrowser(options) {
         this.detail = init?.detail;
       }
     },
-    EventSource: FakeEventSource,
+    EventSource,
     URL,
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
@@ -267,7 +286,7 @@ function fakeBrowser(options) {
     errors,
     warnings,
     clock,
-    sources: FakeEventSource.created,
+    sources: EventSource.created,
     // What the browser does once the page is parsed: the script binds what `page` holds.
     domReady() {
       window.document.readyState = "interactive";
