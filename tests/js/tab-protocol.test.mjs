@@ -219,6 +219,28 @@ test("the leader's connection state is every tab's, its end too", async () => {
   assert.equal(tabs[1].sources.length, 0);
 });
 
+test("a tab on a connection of its own that is refused ends only itself", async () => {
+  // A tab behind the leader's memory streams alone; the server then refuses it for good (429:
+  // too many streams of this visitor). The leader, its follower and its connection go on.
+  const { profile, stream, tabs, shown } = await tabsFollowing(2, { lastEventId: 3 });
+  publish(stream, 5);
+  await profile.advance();
+  const behind = profile.openTab();
+  const older = behind.watch(STREAM, { identity: "alice", lastEventId: 1 });
+  await profile.advance();
+  assert.equal(behind.sources.length, 1);
+  behind.sources[0].fail(FakeEventSource.CLOSED);
+  await profile.advance();
+  assert.equal(older.states.at(-1), "closed");
+  publish(stream, 1);
+  await profile.advance();
+  for (const tab of shown) {
+    assert.deepEqual(tab.seqs, range(4, 6));
+    assert.notEqual(tab.states.at(-1), "closed");
+  }
+  assert.equal(tabs[0].sources.length, 1);
+});
+
 test("the leader's tab closes while a tab joins: that tab joins the next leader", async () => {
   const { profile, stream, tabs } = await tabsFollowing(2);
   publish(stream, 3);

@@ -643,7 +643,9 @@
               );
             }
             if (feed.tabs) {
-              feed.tabs.post({ t: MESSAGE.END, opened: feed.opened });
+              // Only the leader's refusal is the other tabs' too: a tab streaming alone (behind
+              // the leader's memory) that is refused (429) must not end the leader's followers.
+              feed.tabs.relay({ t: MESSAGE.END, opened: feed.opened });
             }
             close({ opened: feed.opened });
           },
