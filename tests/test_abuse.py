@@ -1,6 +1,6 @@
 """The abuse suite: live Daphne, uvicorn and Granian servers stay calm under abuse.
 
-Each test runs against each server (subprocesses, see ``tests/live_servers.py``) and asserts
+Each test runs against each server (subprocesses, see ``tests/live/abuse_support.py``) and asserts
 bounds: memory against the same server before the abuse, query counts and latencies against a
 measurement made in the same test, never absolute speed. The scenarios are scaled down from
 the ones measured on the baseline (50,000-event jobs, 20 or 1,500 sockets) to what still proves
@@ -43,7 +43,7 @@ from typing import Any
 import pytest
 
 from django_sse.resume import base36
-from tests.live_servers import (
+from tests.live.abuse_support import (
     CSRF_COOKIE,
     KIB,
     MIB,
@@ -60,7 +60,7 @@ from tests.live_servers import (
     shared_database,
     wait_rss_settled,
 )
-from tests.processes import SERVER_KINDS, wait_until
+from tests.live.processes import SERVER_KINDS, wait_until
 
 # The servers whose back-pressure django_sse reads (django_sse.servers): the tests of a stream
 # waiting on its client run on these only.

@@ -2,8 +2,9 @@
 
 The example runs as it does for a visitor (``scripts/run-example``): Daphne serving
 ``example_project`` and a ``db_worker`` process running the 20-step report, on a database of
-their own (see ``tests/browser_support.py``). The browser talks to them over HTTP only; the tests
-read what the page shows and the server's log (Daphne's access log and django_sse's INFO lines).
+their own (see ``tests/live/browser_support.py``). The browser talks to them over HTTP only; the
+tests read what the page shows and the server's log (Daphne's access log and django_sse's INFO
+lines).
 
 Chromium is Debian's (``/usr/bin/chromium``, or ``CHROMIUM_PATH``), driven by Playwright's sync
 API. Without them these tests are skipped, and under ``CI=true`` they fail; likewise PostgreSQL
@@ -25,7 +26,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from tests.browser_support import (
+from tests.live.browser_support import (
     ARTIFACTS,
     FETCH_JS,
     RECORDER_JS,

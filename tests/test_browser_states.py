@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser_support import (
+from tests.live.browser_support import (
     Daphne,
     ExampleSite,
     check_browser,

@@ -1,6 +1,6 @@
 """A real Celery worker publishes a job; a stream on a Daphne server follows it over Redis.
 
-The worker (``celery -A tests.celery_app worker --pool=solo``, in a subprocess), the Daphne
+The worker (``celery -A tests.live.celery_app worker --pool=solo``, in a subprocess), the Daphne
 server and the test share a PostgreSQL database made for this run and a Redis channel-layer
 prefix. The broker is the local Redis too, on a database number of its own with a per-run key
 prefix and queue. The server's database poll is slowed to 30 s: events that arrive promptly came
@@ -28,9 +28,9 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
-from tests import services
-from tests.celery_app import PING, RUN_JOB, make_app
-from tests.e2e_support import (
+from tests.live import services
+from tests.live.celery_app import PING, RUN_JOB, make_app
+from tests.live.e2e_support import (
     TRACEBACK_OR_ERROR,
     LoggedServer,
     daphne,
@@ -39,8 +39,15 @@ from tests.e2e_support import (
     process_env,
     run_database,
 )
-from tests.processes import ROOT, delete_redis_keys, run_id, run_module, stop_process, wait_until
-from tests.test_e2e_daphne import client, open_stream
+from tests.live.processes import (
+    ROOT,
+    delete_redis_keys,
+    run_id,
+    run_module,
+    stop_process,
+    wait_until,
+)
+from tests.live.streams import client, open_stream
 
 # Always PostgreSQL (and Redis where needed), whatever DATABASE_URL / REDIS_URL say.
 pytestmark = [pytest.mark.e2e, pytest.mark.services, pytest.mark.pgredis]
@@ -105,7 +112,7 @@ def celery_run() -> Iterator[CeleryRun]:
         stack.callback(delete_redis_keys, redis_url, f"{layer_prefix}*")
         db_name = stack.enter_context(run_database("django_sse_celery"))
         env = process_env(
-            DJANGO_SETTINGS_MODULE="tests.e2e_settings",
+            DJANGO_SETTINGS_MODULE="tests.live.e2e_settings",
             DATABASE_URL=pg_url(),
             REDIS_URL=redis_url,
             DJANGO_SSE_E2E_DB=db_name,
@@ -116,7 +123,7 @@ def celery_run() -> Iterator[CeleryRun]:
             DJANGO_SSE_CELERY_QUEUE=queue,
             DJANGO_SSE_CELERY_KEYPREFIX=keyprefix,
         )
-        made = json.loads(run_module(env, "tests.e2e_tool", "setup", "--jobs", "1"))
+        made = json.loads(run_module(env, "tests.live", "e2e", "setup", "--jobs", "1"))
         server = stack.enter_context(daphne(env, made["owner_session"], made["other_session"]))
         worker_log = log_dir / "worker.log"
         with open(worker_log, "wb") as log:
@@ -126,7 +133,7 @@ def celery_run() -> Iterator[CeleryRun]:
                     "-m",
                     "celery",
                     "-A",
-                    "tests.celery_app",
+                    "tests.live.celery_app",
                     "worker",
                     "--pool=solo",
                     "--concurrency=1",

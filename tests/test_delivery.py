@@ -16,7 +16,7 @@ from django_sse import publish
 from django_sse.delivery import publisher
 from django_sse.groups import job_group
 from django_sse.models import Job, JobEvent
-from tests.services import require_redis
+from tests.live.services import require_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

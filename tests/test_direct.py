@@ -25,9 +25,14 @@ from django_sse.models import Job
 from django_sse.servers import Connection
 from django_sse.stream import JobStream
 from django_sse.wakeup import Wakeup
-from tests.test_hub import message
-from tests.test_views import apublish_in_thread, open_stream, url
-from tests.utils import StreamClient, plain_application
+from tests.utils import (
+    StreamClient,
+    apublish_in_thread,
+    message,
+    open_stream,
+    plain_application,
+    url,
+)
 
 NO_POLL = {"POLL_SECONDS": 60}
 

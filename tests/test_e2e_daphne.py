@@ -1,6 +1,6 @@
 """End-to-end tests against a real server in a subprocess, read with httpx: Daphne, uvicorn
 (``uvicorn[standard]``: uvloop, httptools) and Granian, each started as
-``tests.processes.server_command`` says, each with a database of its own.
+``tests.live.processes.server_command`` says, each with a database of its own.
 
 Every test runs on Daphne and uvicorn. On Granian (a server django_sse does not know, see
 ``django_sse/servers.py``) the smoke tests run: delivery from another process, resume after a
@@ -23,21 +23,20 @@ import json
 import os
 import re
 import shutil
-import socket
-import struct
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.processes import (
+from tests.live.e2e_support import Server
+from tests.live.processes import (
     SERVER_KINDS,
     child_env,
     close_pipes,
@@ -46,7 +45,6 @@ from tests.processes import (
     drop_database,
     free_port,
     pg_connect,
-    read_log,
     run_id,
     run_module,
     start_publisher,
@@ -55,7 +53,7 @@ from tests.processes import (
     wait_listening,
     wait_until,
 )
-from tests.sse_parser import Parser
+from tests.live.streams import CONTENT_TYPE, SESSION_COOKIE, Stream, client, open_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -69,8 +67,6 @@ MAX_LATENCY = 1.5 if REDIS_URL else 3.0
 HEARTBEAT_SECONDS = 2.0
 # Longer than redis-py 8's default socket timeout (5 s), which must not cut an idle receive.
 IDLE_SECONDS = 6.0
-SESSION_COOKIE = "sessionid"
-CONTENT_TYPE = "text/event-stream; charset=utf-8"
 IDLE_STREAMS = 30
 CLEANUP_STREAMS = 5
 
@@ -86,12 +82,6 @@ class Jobs:
     IDLE = slice(5, 5 + IDLE_STREAMS)
     CLEANUP = slice(5 + IDLE_STREAMS, 5 + IDLE_STREAMS + CLEANUP_STREAMS)
     COUNT = 5 + IDLE_STREAMS + CLEANUP_STREAMS
-
-
-# Anything django_sse warns about is unexpected in these scenarios.
-SERVER_ERRORS = re.compile(
-    r"Traceback|\bERROR\b|CRITICAL|took too long to shut down|WARNING django_sse"
-)
 
 
 def thread_count(pid: int) -> int:
@@ -166,11 +156,6 @@ on_daphne_and_uvicorn = pytest.mark.parametrize(
     "kind", server_params(("daphne", "uvicorn")), indirect=True
 )
 
-# What a server django_sse does not know makes it say once (it is no error there).
-UNKNOWN_SERVER_WARNING = re.compile(
-    r".*WARNING django_sse Streams are served by a server django_sse cannot read back-pressure.*\n?"
-)
-
 
 @pytest.fixture(scope="module")
 def e2e(kind: str) -> Iterator[E2E]:
@@ -183,14 +168,14 @@ def e2e(kind: str) -> Iterator[E2E]:
     else:
         db_name = os.path.join(tmp, "e2e.sqlite3")
     env = child_env(
-        DJANGO_SETTINGS_MODULE="tests.e2e_settings",
+        DJANGO_SETTINGS_MODULE="tests.live.e2e_settings",
         DJANGO_SSE_E2E_DB=db_name,
         DJANGO_SSE_E2E_PREFIX=f"django_sse_e2e_{rid}",
         DJANGO_SSE_E2E_POLL_SECONDS=str(POLL_SECONDS),
         DJANGO_SSE_E2E_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
     )
     try:
-        made = json.loads(run_module(env, "tests.e2e_tool", "setup", "--jobs", str(Jobs.COUNT)))
+        made = json.loads(run_module(env, "tests.live", "e2e", "setup", "--jobs", str(Jobs.COUNT)))
         yield E2E(
             env,
             db_name,
@@ -209,35 +194,6 @@ def e2e(kind: str) -> Iterator[E2E]:
 
 
 # -- the server -------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    owner_session: str
-    other_session: str
-    # A server django_sse does not know (Granian): it warns once that it cannot read back-pressure.
-    unknown = False  # (not a field: LoggedServer adds fields of its own)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def url(self, job_id: str) -> str:
-        return f"http://127.0.0.1:{self.port}/sse/jobs/{job_id}/events/"
-
-    def log_offset(self) -> int:
-        return self.log_path.stat().st_size
-
-    def log(self, since: int = 0) -> str:
-        return read_log(self.log_path, since)
-
-    def assert_no_errors(self, since: int) -> None:
-        text = UNKNOWN_SERVER_WARNING.sub("", self.log(since)) if self.unknown else self.log(since)
-        assert not SERVER_ERRORS.search(text), f"server log has errors:\n{text}"
-        assert self.process.poll() is None, f"server died:\n{text}"
 
 
 @pytest.fixture(scope="module")
@@ -285,96 +241,6 @@ def published_times(process: subprocess.Popen[str], timeout: float = 20) -> dict
 
 
 # -- reading a stream -------------------------------------------------------------------------
-
-
-@dataclass
-class Stream:
-    """One streaming GET, read chunk by chunk with the WHATWG parser."""
-
-    response: httpx.Response
-    close_response: Callable[[], object]
-    parser: Parser = field(default_factory=Parser)
-    raw: bytes = b""
-    arrivals: dict[int, float] = field(default_factory=dict)
-    ended: bool = False
-    chunks: Iterator[bytes] | None = None
-
-    @property
-    def seqs(self) -> list[int]:
-        return [int(e.last_event_id) for e in self.parser.events]
-
-    def read_chunk(self) -> bytes:
-        """The next chunk off the wire (each read is bounded by the client's read timeout)."""
-        if self.ended:
-            return b""
-        if self.chunks is None:
-            self.chunks = self.response.iter_raw()
-        try:
-            chunk = next(self.chunks)
-        except StopIteration:
-            self.ended = True
-            return b""
-        self.take(chunk, time.time())
-        return chunk
-
-    def take(self, chunk: bytes, now: float) -> None:
-        """Keep the raw bytes and parse ``chunk``, noting when each event arrived."""
-        self.raw += chunk
-        for event in self.parser.feed(chunk):
-            self.arrivals.setdefault(int(event.last_event_id), now)
-
-    def read_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        for _ in range(10_000):
-            if done():
-                return
-            assert not self.ended, f"stream ended before {what}; got {self.seqs}"
-            assert time.monotonic() < deadline, f"no {what} within {timeout} s; got {self.seqs}"
-            self.read_chunk()
-        raise AssertionError(f"too many chunks before {what}")
-
-    def read_first_chunk(self, timeout: float = 10) -> None:
-        self.read_until(lambda: self.parser.retry is not None, timeout, "retry field")
-
-    def read_to_end(self, timeout: float) -> None:
-        self.read_until(lambda: self.ended, timeout, "end of the stream")
-
-    def abort(self) -> bool:
-        """Cut the connection abruptly: a TCP reset instead of an orderly close. Returns
-        whether the reset could be arranged (else the connection is just closed)."""
-        network_stream = self.response.extensions.get("network_stream")
-        sock = network_stream.get_extra_info("socket") if network_stream is not None else None
-        reset = False
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                reset = True
-        self.close()
-        return reset
-
-    def close(self) -> None:
-        self.close_response()
-
-
-def client(**kwargs: Any) -> httpx.Client:
-    return httpx.Client(
-        timeout=httpx.Timeout(10.0, connect=5.0),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=0),
-        trust_env=False,
-        **kwargs,
-    )
-
-
-def open_stream(
-    http: httpx.Client, url: str, session: str | None, headers: dict[str, str] | None = None
-) -> Stream:
-    all_headers = {"Accept": "text/event-stream", "Accept-Encoding": "gzip"}
-    if session is not None:
-        all_headers["Cookie"] = f"{SESSION_COOKIE}={session}"
-    all_headers.update(headers or {})
-    context = http.stream("GET", url, headers=all_headers)
-    response = context.__enter__()
-    return Stream(response, lambda: context.__exit__(None, None, None))
 
 
 def request_head(
@@ -684,7 +550,7 @@ def test_stream_ends_when_the_session_is_revoked(server: Server, e2e: E2E) -> No
         try:
             assert stream.response.status_code == 200
             stream.read_first_chunk()
-            run_module(e2e.env, "tests.e2e_tool", "logout", session)
+            run_module(e2e.env, "tests.live", "e2e", "logout", session)
             logged_out = time.monotonic()
             stream.read_to_end(timeout=2 * HEARTBEAT_SECONDS + 5)
             ended_after = time.monotonic() - logged_out

@@ -3,7 +3,7 @@ and in sync), ``package.json`` lets a front-end build depend on it by path, and 
 imports it with ``<script type="module">`` and sees a job's events arrive.
 
 The browser test runs the example project as ``tests/test_browser.py`` does (Daphne and a
-``db_worker``, see ``tests/browser_support.py``): headless Chromium, the page served at the
+``db_worker``, see ``tests/live/browser_support.py``): headless Chromium, the page served at the
 example's origin by Playwright (``page.route``) so that the module and the stream are
 same-origin, the module from the example's static files.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import django_sse
-from tests.browser_support import (
+from tests.live.browser_support import (
     Daphne,
     ExampleSite,
     check_browser,

@@ -1,6 +1,6 @@
 """Faults end to end: the database goes away under a real Daphne server, a publisher dies.
 
-The server reaches PostgreSQL through a TCP proxy run by the test (``tests/tcp_proxy.py``, on
+The server reaches PostgreSQL through a TCP proxy run by the test (``tests/live/tcp_proxy.py``, on
 127.0.0.1), which can cut every connection and refuse new ones, then let them through again.
 Helper processes (setup, publishers) talk to PostgreSQL directly. The server uses the
 in-memory channel layer: events from other processes reach it through the 0.2 s database poll.
@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import services
-from tests.e2e_support import (
+from tests.live import services
+from tests.live.e2e_support import (
     LoggedServer,
     daphne,
     pg_connect,
@@ -39,9 +39,9 @@ from tests.e2e_support import (
     process_env,
     run_database,
 )
-from tests.processes import ROOT, close_pipes, run_id, run_module, wait_until
-from tests.tcp_proxy import TcpProxy
-from tests.test_e2e_daphne import CONTENT_TYPE, SESSION_COOKIE, Stream, client, open_stream
+from tests.live.processes import ROOT, close_pipes, run_id, run_module, wait_until
+from tests.live.streams import CONTENT_TYPE, SESSION_COOKIE, Stream, client, open_stream
+from tests.live.tcp_proxy import TcpProxy
 
 # Always PostgreSQL (and Redis where needed), whatever DATABASE_URL / REDIS_URL say.
 pytestmark = [pytest.mark.e2e, pytest.mark.services, pytest.mark.pgredis]
@@ -74,7 +74,7 @@ class Faults:
     jobs: list[str]
 
     def commit(self, job_id: str, *args: str) -> list[dict[str, Any]]:
-        out = run_module(self.env, "tests.fault_tool", "commit", job_id, *args, timeout=30)
+        out = run_module(self.env, "tests.live", "fault", "commit", job_id, *args, timeout=30)
         return [json.loads(line) for line in out.splitlines()]
 
     def stored(self, job_id: str) -> tuple[list[tuple[int, str]], int]:
@@ -103,14 +103,16 @@ def faults() -> Iterator[Faults]:
             "DJANGO_SSE_E2E_REPLAY_PAGE_SIZE": str(REPLAY_PAGE_SIZE),
         }
         direct = process_env(
-            DJANGO_SETTINGS_MODULE="tests.e2e_settings", DATABASE_URL=pg_url(), **common
+            DJANGO_SETTINGS_MODULE="tests.live.e2e_settings", DATABASE_URL=pg_url(), **common
         )
-        made = json.loads(run_module(direct, "tests.e2e_tool", "setup", "--jobs", str(Jobs.COUNT)))
+        made = json.loads(
+            run_module(direct, "tests.live", "e2e", "setup", "--jobs", str(Jobs.COUNT))
+        )
         proxy = stack.enter_context(TcpProxy(pg_params()["port"]))
         server = stack.enter_context(
             daphne(
                 process_env(
-                    DJANGO_SETTINGS_MODULE="tests.fault_settings",
+                    DJANGO_SETTINGS_MODULE="tests.live.fault_settings",
                     DATABASE_URL=pg_url(proxy.port),
                     **common,
                 ),
@@ -382,7 +384,8 @@ def test_publisher_killed_mid_transaction_leaks_nothing(faults: Faults) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "tests.fault_tool",
+                    "tests.live",
+                    "fault",
                     "die",
                     job_id,
                     "--start",

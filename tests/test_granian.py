@@ -4,7 +4,7 @@ Granian's ``send`` waits once it holds a few MiB for a client, but it shows the 
 neither its socket nor a way to drop the connection: a stream there carries at most
 ``MAX_BUFFERED_BYTES`` and ends (``reason=byte budget spent``), and the browser resumes from its
 last id. These tests hold it to that, against the same live-server support as the abuse suite
-(``tests/live_servers.py``), where ``test_abuse.py``'s back-pressure tests do not apply:
+(``tests/live/abuse_support.py``), where ``test_abuse.py``'s back-pressure tests do not apply:
 
 - never-reading sockets asking for a long history cost the worker a measured, bounded amount
   each, not the history;
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.live_servers import (
+from tests.live.abuse_support import (
     KIB,
     MIB,
     RawStream,
@@ -36,7 +36,7 @@ from tests.live_servers import (
     shared_database,
     wait_rss_settled,
 )
-from tests.processes import wait_until
+from tests.live.processes import wait_until
 
 pytestmark = [
     pytest.mark.e2e,

@@ -2,7 +2,7 @@
 
 The browser tests run the example's htmx page (``/reports/<uuid>/htmx/``: htmx 4, or htmx 2 with
 ``?htmx=2``) in headless Chromium against Daphne, the way ``tests/test_browser.py`` does (see
-``tests/browser_support.py``). The htmx files are the npm registry's, vendored by exact version
+``tests/live/browser_support.py``). The htmx files are the npm registry's, vendored by exact version
 in ``tests/vendor/htmx/`` (its README says how); the example serves copies, checked here to be
 byte for byte the vendored files.
 
@@ -28,7 +28,7 @@ from asgiref.sync import sync_to_async
 from django_sse import publish
 from django_sse.fragments import SWAP_ATTRIBUTE
 from django_sse.models import Job
-from tests.browser_support import (
+from tests.live.browser_support import (
     RECORDER_JS,
     Daphne,
     ExampleSite,
@@ -37,7 +37,7 @@ from tests.browser_support import (
     example_site,
     launched_chromium,
 )
-from tests.processes import ROOT, wait_until
+from tests.live.processes import ROOT, wait_until
 from tests.utils import StreamClient
 
 VENDOR = Path(__file__).resolve().parent / "vendor" / "htmx"

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser_support import (
+from tests.live.browser_support import (
     ExampleServer,
     ExampleSite,
     check_browser,
@@ -36,7 +36,7 @@ from tests.browser_support import (
     self_signed_certificate,
     start_example_server,
 )
-from tests.processes import wait_until
+from tests.live.processes import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.servers, pytest.mark.timeout(150)]
 
@@ -46,8 +46,8 @@ TABS = 3
 BARS = "[data-django-sse-job]"
 SESSION_STREAM = "/sse/events/"
 # The example, with the Cookie headers Chromium splits over HTTP/2 joined again (Django 5.2
-# would lose the session: see tests/servers_app.py and docs/deployment.rst).
-H2_APPLICATION = "tests.servers_app:example_application"
+# would lose the session: see tests/live/servers_app.py and docs/deployment.rst).
+H2_APPLICATION = "tests.live.servers_app:example_application"
 # Each tab on its own (no BroadcastChannel: one connection per tab), and a record of the
 # events the client applied to the page's bars, in the order it did.
 ISOLATED_TAB_JS = r"""

@@ -13,6 +13,7 @@ from django.test import override_settings
 from django_sse import publish
 from django_sse.hub import Delivery, Subscriber, get_hub
 from django_sse.models import Job
+from tests.utils import message
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -35,10 +36,6 @@ async def next_items(subscriber: Subscriber, count: int, timeout: float = 3) -> 
         except asyncio.TimeoutError:
             break
     return [item.event.seq for item in items(subscriber)]
-
-
-def message(job: Job, seq: int, event: str = "step") -> dict[str, Any]:
-    return {"type": "django_sse.event", "job": job.pk.hex, "seq": seq, "event": event, "data": "1"}
 
 
 async def test_a_stream_leaving_while_subscribing_does_not_break_the_others(

@@ -1,7 +1,7 @@
 """Ordinary network breakage between a real server and its client, in network namespaces.
 
-The server (Daphne or uvicorn) runs in one namespace, the client (``tests/netns_client.py``)
-in another, joined by a veth pair (``tests/netns.py``): a client that vanishes without FIN or
+The server (Daphne or uvicorn) runs in one namespace, the client (``tests/live/netns_client.py``)
+in another, joined by a veth pair (``tests/live/netns.py``): a client that vanishes without FIN or
 RST (its packets dropped), a link losing 5 % of its packets, a slow link (a token bucket on
 the server's end). The server, a setup process and publishers share a SQLite file; the server
 uses the in-memory channel layer, so events from a publisher arrive through the database poll.
@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns import (
+from tests.live.netns import (
     CommandFailed,
     Link,
     connections_of,
@@ -37,7 +37,7 @@ from tests.netns import (
     unavailable,
     veth_link,
 )
-from tests.processes import (
+from tests.live.processes import (
     ROOT,
     child_env,
     close_pipes,
@@ -149,14 +149,14 @@ def process_env(**values: str) -> dict[str, str]:
 def data(link: Link) -> Iterator[Data]:
     tmp = Path(tempfile.mkdtemp(prefix="django_sse_netns_"))
     env = process_env(
-        DJANGO_SETTINGS_MODULE="tests.netns_settings",
+        DJANGO_SETTINGS_MODULE="tests.live.netns_settings",
         DJANGO_SSE_E2E_DB=str(tmp / "db.sqlite3"),
         DJANGO_SSE_E2E_POLL_SECONDS=str(POLL_SECONDS),
         DJANGO_SSE_E2E_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
         DJANGO_SSE_E2E_MAX_BUFFERED_BYTES=str(MAX_BUFFERED_BYTES),
     )
     try:
-        made = json.loads(run_module(env, "tests.e2e_tool", "setup", "--jobs", str(Jobs.COUNT)))
+        made = json.loads(run_module(env, "tests.live", "e2e", "setup", "--jobs", str(Jobs.COUNT)))
         jobs = made["jobs"]
         histories = {
             Jobs.VANISHED: ("--events", "2"),
@@ -167,7 +167,8 @@ def data(link: Link) -> Iterator[Data]:
         for index, args in histories.items():
             out = run_module(
                 env,
-                "tests.e2e_tool",
+                "tests.live",
+                "e2e",
                 "history",
                 jobs[index],
                 "--data-bytes",
@@ -319,7 +320,7 @@ def clients(link: Link, data: Data) -> Iterator[Callable[..., JsonLines]]:
 
     def start(mode: str, url: str, *args: str) -> JsonLines:
         stderr_path = data.tmp / f"client-{os.getpid()}-{len(started)}-{time.monotonic_ns()}.err"
-        command = [sys.executable, "-m", "tests.netns_client", mode, url]
+        command = [sys.executable, "-m", "tests.live", "netns-client", mode, url]
         command += ["--cookie", data.owner_session, *args]
         with open(stderr_path, "wb") as stderr:
             process = subprocess.Popen(
@@ -342,8 +343,8 @@ def clients(link: Link, data: Data) -> Iterator[Callable[..., JsonLines]]:
 
 @pytest.fixture
 def publishers(data: Data) -> Iterator[Callable[[str, int, float], JsonLines]]:
-    """Start ``tests.e2e_tool publish`` processes (in our namespace: they only write to the
-    database); stopped (by pid) at teardown."""
+    """Start ``python -m tests.live e2e publish`` processes (in our namespace: they only write to
+    the database); stopped (by pid) at teardown."""
     started: list[JsonLines] = []
 
     def start(job_id: str, steps: int, interval: float) -> JsonLines:

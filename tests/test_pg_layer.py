@@ -1,7 +1,7 @@
 """PostgreSQL without Redis: channels_postgres (LISTEN/NOTIFY) as the channel layer, end to end.
 
 Daphne servers and publisher processes on one PostgreSQL database, the layer configured as
-``tests/pg_layer_settings.py`` (and docs/deployment.rst) say. Where delivery must come from the
+``tests/live/pg_layer_settings.py`` (and docs/deployment.rst) say. Where delivery must come from the
 layer, the database poll is slowed to 30 s, so that an event arriving within a second can only
 have come through LISTEN/NOTIFY. The restart test runs a PostgreSQL server of its own on a spare
 port and stops and starts it (never the shared one).
@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.pg_layer_support import (
+from tests.live.pg_layer_support import (
     SERVER_ERRORS,
     PostgresServer,
     layer_connections,
@@ -41,9 +41,9 @@ from tests.pg_layer_support import (
     require_postgres,
     start_padded,
 )
-from tests.processes import ROOT, close_pipes, run_module, wait_until
-from tests.services import require_redis
-from tests.topology_support import (
+from tests.live.processes import ROOT, close_pipes, run_module, wait_until
+from tests.live.services import require_redis
+from tests.live.topology_support import (
     Daphne,
     Processes,
     Publisher,
@@ -186,7 +186,7 @@ def test_large_events_and_a_servers_own_publish_at_layer_speed(
     try:
         start_subscribers(subscribers)
         time.sleep(0.3)
-        run_module(env, "tests.fault_tool", "commit", job, "--start")
+        run_module(env, "tests.live", "fault", "commit", job, "--start")
         large = processes.add(start_padded(env, job, LARGE_DATA_BYTES, count=3))
         out, err = large.communicate(timeout=30)
         assert large.returncode == 0, err
@@ -199,7 +199,7 @@ def test_large_events_and_a_servers_own_publish_at_layer_speed(
         assert _post_cancel(a, job, site.owner_session) == 202
         times[5] = before
         wait_until(lambda: all(len(s.events) >= 5 for s in subscribers), timeout=10)
-        run_module(env, "tests.fault_tool", "commit", job, "--finish")
+        run_module(env, "tests.live", "fault", "commit", job, "--finish")
         join_subscribers(subscribers, timeout=15)
     finally:
         for subscriber in subscribers:
@@ -289,7 +289,7 @@ def _restart_scenario(site: Site, postgres: PostgresServer, processes: Processes
         out, err = after.communicate(timeout=40)
         assert after.returncode == 0, err
         times.update(read_times(out))
-        run_module(env, "tests.fault_tool", "commit", job, "--finish")
+        run_module(env, "tests.live", "fault", "commit", job, "--finish")
         join_subscribers(subscribers, timeout=20)
     finally:
         for subscriber in subscribers:
@@ -361,7 +361,7 @@ def test_workers_killed_mid_publish_lose_and_leak_nothing(site: Site, processes:
         die = ["die", job, "--start", "--committed", "2", "--events", "5"]
         dying = processes.add(
             subprocess.Popen(
-                [sys.executable, "-m", "tests.fault_tool", *die],
+                [sys.executable, "-m", "tests.live", "fault", *die],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -391,7 +391,7 @@ def test_workers_killed_mid_publish_lose_and_leak_nothing(site: Site, processes:
         out, err = after.communicate(timeout=30)
         assert after.returncode == 0, err
         times = read_times(out)
-        run_module(env, "tests.fault_tool", "commit", job, "--finish")
+        run_module(env, "tests.live", "fault", "commit", job, "--finish")
         join_subscribers([subscriber], timeout=15)
     finally:
         subscriber.stop()
@@ -447,7 +447,7 @@ def test_latency_beside_redis_pubsub(site: Site, processes: Processes) -> None:
             out, err = publisher.communicate(timeout=40)
             assert publisher.returncode == 0, err
             times = read_times(out)
-            run_module(env, "tests.fault_tool", "commit", job, "--finish")
+            run_module(env, "tests.live", "fault", "commit", job, "--finish")
             join_subscribers(subscribers, timeout=15)
         finally:
             for subscriber in subscribers:

@@ -2,8 +2,8 @@
 
 The region between ``.. quickstart-start`` and ``.. quickstart-end`` is read, its commands run
 and its files written in a temporary directory (``startproject mysite``, ``startapp reports``,
-the settings lines appended, ...: see ``tests/quickstart_support.py``). Then its server (and for
-the second way its ``db_worker``) run as subprocesses, and headless Chromium presses the button:
+the settings lines appended, ...: see ``tests/live/quickstart_support.py``). Then its server (and
+for the second way its ``db_worker``) run as subprocesses, and headless Chromium presses the button:
 the progress bar must be seen moving below 100% and then done, and a visitor without the
 owner's session must get 404 from the job's page and from its stream.
 
@@ -21,12 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser_support import (
+from tests.live.browser_support import (
     FETCH_JS,
     check_browser,
     launched_chromium,
 )
-from tests.quickstart_support import (
+from tests.live.quickstart_support import (
     QuickstartProject,
     quickstart_blocks,
     task_way,

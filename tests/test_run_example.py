@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_support import unavailable
-from tests.processes import ROOT, child_env, free_port, read_log, wait_listening, wait_until
+from tests.live.browser_support import unavailable
+from tests.live.processes import ROOT, child_env, free_port, read_log, wait_listening, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.runexample, pytest.mark.timeout(120)]
 

@@ -3,7 +3,7 @@
 These readers lean on other projects' internals (a Daphne ``send`` is a ``functools.partial``
 of its server's ``handle_reply``; uvicorn's is the bound ``send`` of a request cycle that holds
 the transport), so a new version of either could break them: these tests say so at once. Each
-server is started as ``tests.processes.server_command`` starts it for every live test: uvicorn
+server is started as ``tests.live.processes.server_command`` starts it for every live test: uvicorn
 on uvloop and httptools (``uvicorn[standard]``), whose transport is not an asyncio class;
 Granian, whose connection the app cannot see (a server it does not know).
 
@@ -30,7 +30,8 @@ import httpx
 import pytest
 
 from django_sse.servers import connection_of
-from tests.browser_support import (
+from tests.live.abuse_support import RawStream, Shared, raw_streams, serve, shared_database
+from tests.live.browser_support import (
     ExampleSite,
     check_browser,
     check_services,
@@ -38,8 +39,7 @@ from tests.browser_support import (
     launched_chromium,
     start_example_server,
 )
-from tests.live_servers import RawStream, Shared, raw_streams, serve, shared_database
-from tests.processes import (
+from tests.live.processes import (
     ROOT,
     SERVER_KINDS,
     child_env,
@@ -52,7 +52,7 @@ from tests.processes import (
 
 pytestmark = pytest.mark.e2e
 
-APPLICATION = "tests.servers_app:application"
+APPLICATION = "tests.live.servers_app:application"
 # The servers whose connection django_sse reads (the others get a byte budget per connection).
 KNOWN = {"daphne", "uvicorn"}
 

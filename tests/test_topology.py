@@ -2,10 +2,10 @@
 Redis, publishers in other processes, and faults (Redis stopped and restarted, a server killed).
 
 Always on PostgreSQL + Redis (``DATABASE_URL`` / ``REDIS_URL``, else the defaults of
-``tests.services``; a missing one fails under CI=true and skips elsewhere), with the layer class
-of ``REDIS_LAYER`` (core by default, or pubsub); the idle-receive test always uses the core layer.
-Where delivery must come from the layer, the database poll is slowed to 30 s, so that an event
-arriving within a second can only have come through Redis. The Redis fault tests run a
+``tests.live.services``; a missing one fails under CI=true and skips elsewhere), with the layer
+class of ``REDIS_LAYER`` (core by default, or pubsub); the idle-receive test always uses the core
+layer. Where delivery must come from the layer, the database poll is slowed to 30 s, so that an
+event arriving within a second can only have come through Redis. The Redis fault tests run a
 redis-server of their own on a spare port (never the shared one) and stop and restart it.
 
 Each test prints its figures (``pytest -rP`` or ``-s`` shows them). Every loop is bounded in
@@ -24,9 +24,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.processes import wait_until
-from tests.test_e2e_daphne import SERVER_ERRORS
-from tests.topology_support import (
+from tests.live.e2e_support import SERVER_ERRORS
+from tests.live.processes import wait_until
+from tests.live.topology_support import (
     LAYER,
     Daphne,
     Processes,

@@ -20,9 +20,9 @@ from django_sse.delivery import push_event
 from django_sse.groups import job_group
 from django_sse.hub import get_hub
 from django_sse.identity import hash_session_key
-from django_sse.models import Job, JobEvent
+from django_sse.models import Job
 from tests.layers import group_size
-from tests.utils import StreamClient, make_session
+from tests.utils import StreamClient, apublish_in_thread, make_session, open_stream, url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -32,14 +32,6 @@ NO_POLL = {"POLL_SECONDS": 60}
 
 def staff_may_watch(request: Any, job: Job) -> bool:
     return bool(request.user.is_staff)
-
-
-def url(job_id: object, query: str = "") -> str:
-    return f"/sse/jobs/{job_id}/events/" + (f"?{query}" if query else "")
-
-
-async def apublish_in_thread(job: Job | Any, event: str, data: Any = None) -> JobEvent:
-    return await sync_to_async(publish)(job, event, data)
 
 
 async def subscribed(job_id: Any, count: int = 1) -> None:
@@ -52,12 +44,6 @@ async def subscribed(job_id: Any, count: int = 1) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"job {job_id} never got {count} subscribers")
-
-
-async def open_stream(job_id: object, key: str | None, **kwargs: Any) -> StreamClient:
-    client = StreamClient(url(job_id, kwargs.pop("query", "")), session_key=key, **kwargs)
-    await client.start()
-    return client
 
 
 # -- the response ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Helpers to drive the stream view through ASGI and to make sessions."""
+"""Helpers to drive the stream view through ASGI, to publish from a test and to make sessions
+(shared by the in-process test modules; the live-server ones are in ``tests/live/``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
+from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
 from django.core.asgi import get_asgi_application
 
+from django_sse import publish
 from django_sse.asgi import DirectWriteMiddleware
+from django_sse.models import Job, JobEvent
 from tests.sse_parser import Event, Parser
 
 # Streams go through DirectWriteMiddleware, as the docs recommend; ``app=plain_application``
@@ -131,3 +135,25 @@ class StreamClient:
     @property
     def seqs(self) -> list[int]:
         return [int(e.last_event_id) for e in self.parser.events]
+
+
+# -- the stream view of one job --------------------------------------------------------------
+
+
+def url(job_id: object, query: str = "") -> str:
+    return f"/sse/jobs/{job_id}/events/" + (f"?{query}" if query else "")
+
+
+async def open_stream(job_id: object, key: str | None, **kwargs: Any) -> StreamClient:
+    client = StreamClient(url(job_id, kwargs.pop("query", "")), session_key=key, **kwargs)
+    await client.start()
+    return client
+
+
+async def apublish_in_thread(job: Job | Any, event: str, data: Any = None) -> JobEvent:
+    return await sync_to_async(publish)(job, event, data)
+
+
+def message(job: Job, seq: int, event: str = "step") -> dict[str, Any]:
+    """A channel-layer message announcing event ``seq`` of ``job``, as ``publish`` sends it."""
+    return {"type": "django_sse.event", "job": job.pk.hex, "seq": seq, "event": event, "data": "1"}

@@ -1,8 +1,8 @@
 """The Celery app of ``test_celery.py``: a worker that runs a job and publishes its progress.
 
-Run by the test as ``celery -A tests.celery_app worker --pool=solo -Q QUEUE`` with
-``DJANGO_SETTINGS_MODULE=tests.e2e_settings`` and the run's database and channel-layer prefix in
-the environment, so that the worker, the Daphne server and the test share both. The broker is
+Run by the test as ``celery -A tests.live.celery_app worker --pool=solo -Q QUEUE`` with
+``DJANGO_SETTINGS_MODULE=tests.live.e2e_settings`` and the run's database and channel-layer prefix
+in the environment, so that the worker, the Daphne server and the test share both. The broker is
 Redis (``DJANGO_SSE_CELERY_BROKER``, a database number of its own) with a per-run key prefix
 (``DJANGO_SSE_CELERY_KEYPREFIX``) and queue (``DJANGO_SSE_CELERY_QUEUE``); there is no result
 backend. Celery's Django fix-up calls ``django.setup()`` when the worker starts; the tasks make
@@ -21,14 +21,14 @@ BROKER_ENV = "DJANGO_SSE_CELERY_BROKER"
 QUEUE_ENV = "DJANGO_SSE_CELERY_QUEUE"
 KEYPREFIX_ENV = "DJANGO_SSE_CELERY_KEYPREFIX"
 
-RUN_JOB = "tests.celery_app.run_job"
-PING = "tests.celery_app.ping"
+RUN_JOB = "tests.live.celery_app.run_job"
+PING = "tests.live.celery_app.ping"
 
 
 def make_app(broker: str, queue: str, keyprefix: str, **kwargs: Any) -> Any:
     """A Celery app on ``broker`` whose tasks go to ``queue``; ``kwargs`` go to ``Celery()``
     (the test process passes ``fixups=[]``: it only sends)."""
-    app = Celery("tests.celery_app", broker=broker, **kwargs)
+    app = Celery("tests.live.celery_app", broker=broker, **kwargs)
     app.conf.update(
         task_default_queue=queue,
         task_ignore_result=True,
@@ -55,7 +55,7 @@ def _setup_django() -> None:
     from django.apps import apps
 
     if not apps.ready:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.e2e_settings")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.live.e2e_settings")
         import django
 
         django.setup()

@@ -1,10 +1,10 @@
-"""Helper processes of ``test_faults.py`` (``DJANGO_SETTINGS_MODULE=tests.e2e_settings``).
+"""Helper processes of ``test_faults.py`` (``DJANGO_SETTINGS_MODULE=tests.live.e2e_settings``).
 
-``python -m tests.fault_tool commit JOB_ID [--start] [--events K] [--type T] [--finish]``
+``python -m tests.live fault commit JOB_ID [--start] [--events K] [--type T] [--finish]``
     Publish from this process, each event in its own transaction: ``job.start()``, K events of
     type T, ``job.succeed()``. Prints one JSON line ``{"seq": ..., "type": ...}`` per event.
 
-``python -m tests.fault_tool die JOB_ID [--start] [--committed C] --events K``
+``python -m tests.live fault die JOB_ID [--start] [--committed C] --events K``
     First ``job.start()`` and C events of type ``log``, each committed; then open
     ``transaction.atomic()``, publish K events of type ``doomed`` in it, print one JSON line
     ``{"committed": [...], "seqs": [...], "pid": ...}`` and wait, without committing, to be
@@ -65,7 +65,7 @@ def die(job_id: str, start: bool, committed: int, events: int, wait: float) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tests.fault_tool")
+    parser = argparse.ArgumentParser(prog="python -m tests.live fault")
     commands = parser.add_subparsers(dest="command", required=True)
     commit_cmd = commands.add_parser("commit")
     commit_cmd.add_argument("job_id")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     die_cmd.add_argument("--events", type=int, default=5)
     die_cmd.add_argument("--wait", type=float, default=60.0)
     args = parser.parse_args(argv)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.e2e_settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.live.e2e_settings")
     import django
 
     django.setup()
@@ -88,7 +88,3 @@ def main(argv: list[str] | None = None) -> int:
         commit(args.job_id, args.start, args.events, args.type, args.finish)
         return 0
     return die(args.job_id, args.start, args.committed, args.events, args.wait)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Settings for the servers and helper processes of ``test_abuse.py``.
 
-``tests.e2e_settings`` (shared database, channel-layer prefix, the ``django_sse`` log on stderr)
-plus what one abuse test needs of its server, from the environment:
+``tests.live.e2e_settings`` (shared database, channel-layer prefix, the ``django_sse`` log on
+stderr) plus what one abuse test needs of its server, from the environment:
 
 ``DJANGO_SSE_ABUSE_SETTINGS``
     A JSON object merged into ``DJANGO_SSE`` (say ``{"HEARTBEAT_SECONDS": 1}``). Keys the
@@ -28,9 +28,9 @@ from typing import Any, cast
 
 from django.db.backends.signals import connection_created
 
-from tests.e2e_settings import *  # noqa: F403
-from tests.e2e_settings import DJANGO_SSE as _E2E_SSE
-from tests.e2e_settings import LOGGING, MIDDLEWARE
+from tests.live.e2e_settings import *  # noqa: F403
+from tests.live.e2e_settings import DJANGO_SSE as _E2E_SSE
+from tests.live.e2e_settings import LOGGING, MIDDLEWARE
 
 DJANGO_SSE = {**_E2E_SSE, **json.loads(os.environ.get("DJANGO_SSE_ABUSE_SETTINGS") or "{}")}
 

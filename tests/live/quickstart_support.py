@@ -41,8 +41,8 @@ from typing import Any
 
 import django
 
-from tests.browser_support import unavailable
-from tests.processes import ROOT, free_port, read_log, stop_process, wait_listening
+from tests.live.browser_support import unavailable
+from tests.live.processes import ROOT, free_port, read_log, stop_process, wait_listening
 
 README = ROOT / "README.rst"
 REGION_START = ".. quickstart-start"

@@ -1,5 +1,6 @@
-"""Settings for the servers and helper processes of ``test_pg_layer.py``: ``tests.e2e_settings``
-on PostgreSQL, with channels_postgres (LISTEN/NOTIFY) as the channel layer instead of Redis.
+"""Settings for the servers and helper processes of ``test_pg_layer.py``:
+``tests.live.e2e_settings`` on PostgreSQL, with channels_postgres (LISTEN/NOTIFY) as the channel
+layer instead of Redis.
 
 The layer reads the database named in its ``CONFIG`` (here the site's own database, so that
 ``migrate`` creates its two tables and its NOTIFY trigger there), and it also needs a database
@@ -13,12 +14,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tests.e2e_settings import *  # noqa: F403
-from tests.e2e_settings import DATABASES, INSTALLED_APPS
+from tests.live.e2e_settings import *  # noqa: F403
+from tests.live.e2e_settings import DATABASES, INSTALLED_APPS
 
 _default: dict[str, Any] = DATABASES["default"]
 if _default["ENGINE"] != "django.db.backends.postgresql":
-    raise RuntimeError("tests.pg_layer_settings needs DATABASE_URL=postgres://...")
+    raise RuntimeError("tests.live.pg_layer_settings needs DATABASE_URL=postgres://...")
 
 INSTALLED_APPS = [*INSTALLED_APPS, "channels_postgres"]
 

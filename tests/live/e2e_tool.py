@@ -1,18 +1,18 @@
-"""Helper processes of ``test_e2e_daphne.py`` (``DJANGO_SETTINGS_MODULE=tests.e2e_settings``).
+"""Helper processes of ``test_e2e_daphne.py`` (``DJANGO_SETTINGS_MODULE=tests.live.e2e_settings``).
 
-``python -m tests.e2e_tool setup --jobs N``
+``python -m tests.live e2e setup --jobs N``
     Migrate the shared database, create an owner and another user, a logged-in session for
     each, and N pending jobs of the owner; print them as one JSON object.
 
-``python -m tests.e2e_tool logout SESSION_KEY``
+``python -m tests.live e2e logout SESSION_KEY``
     Delete a session, as a logout elsewhere would.
 
-``python -m tests.e2e_tool publish JOB_ID --steps N --interval S``
+``python -m tests.live e2e publish JOB_ID --steps N --interval S``
     Publish a job from this separate process: ``job.start()``, N ``step`` events (with their
     publish time in the data), ``job.succeed()``. After each event is committed, print one JSON
     line ``{"seq": ..., "type": ..., "t": <time.time() after commit>}``.
 
-``python -m tests.e2e_tool history JOB_ID --events N --data-bytes B [--finish]``
+``python -m tests.live e2e history JOB_ID --events N --data-bytes B [--finish]``
     Store a long history at once (``bulk_create``, nothing sent to streams): ``started``, N
     ``step`` events whose data holds B padding characters, and with ``--finish`` a
     ``succeeded`` event; the job is left running, or succeeded. Print ``{"last_seq": ...}``.
@@ -29,7 +29,7 @@ from typing import Any
 
 
 def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.e2e_settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.live.e2e_settings")
     import django
 
     django.setup()
@@ -126,7 +126,7 @@ def store_history(job_id: str, events: int, data_bytes: int, finish: bool) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tests.e2e_tool")
+    parser = argparse.ArgumentParser(prog="python -m tests.live e2e")
     commands = parser.add_subparsers(dest="command", required=True)
     setup_cmd = commands.add_parser("setup")
     setup_cmd.add_argument("--jobs", type=int, default=1)
@@ -153,7 +153,3 @@ def main(argv: list[str] | None = None) -> int:
     else:
         publish_job(args.job_id, args.steps, args.interval)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """The client of ``test_network.py``, run inside the client's network namespace with
-``ip netns exec NS python -m tests.netns_client MODE ...``. It prints JSON lines on stdout.
+``ip netns exec NS python -m tests.live netns-client MODE ...``. It prints JSON lines on stdout.
 
 ``hold URL --cookie SESSION --events N``
     Open the stream, read until it has the ``retry`` field, events 1..N and a heartbeat, print
@@ -145,7 +145,7 @@ def follow(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tests.netns_client")
+    parser = argparse.ArgumentParser(prog="python -m tests.live netns-client")
     modes = parser.add_subparsers(dest="mode", required=True)
     for name in ("hold", "follow"):
         mode = modes.add_parser(name)
@@ -157,7 +157,3 @@ def main(argv: list[str] | None = None) -> int:
     modes.choices["hold"].add_argument("--hold", type=float, default=120.0)
     args = parser.parse_args(argv)
     return hold(args) if args.mode == "hold" else follow(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import (
+from tests.live.processes import (
     child_env,
     close_pipes,
     delete_redis_keys,
@@ -45,7 +45,7 @@ from tests.processes import (
     wait_listening,
     wait_until,
 )
-from tests.services import DATABASE_URL, require, require_redis
+from tests.live.services import DATABASE_URL, require, require_redis
 from tests.sse_parser import Parser
 
 # The layer class the suite runs on (the nox matrix sets it; empty means the core layer).
@@ -56,7 +56,7 @@ SESSION_COOKIE = "sessionid"
 
 def require_services() -> tuple[str, str]:
     """PostgreSQL and Redis URLs; a missing one fails under CI=true and skips elsewhere."""
-    # tests.services falls back to this URL too when DATABASE_URL is empty (the SQLite run).
+    # tests.live.services falls back to this URL too when DATABASE_URL is empty (the SQLite run).
     default = "postgres://postgres@127.0.0.1:5432/test"
     database_url = DATABASE_URL if DATABASE_URL.startswith("postgres") else default
     return require("PostgreSQL", database_url, 5432), require_redis()
@@ -247,7 +247,7 @@ class Site:
         prefix = f"django_sse_topo_{self.run_id}{prefix}"
         self.prefixes.append((redis_url, prefix))
         return child_env(
-            DJANGO_SETTINGS_MODULE="tests.e2e_settings",
+            DJANGO_SETTINGS_MODULE="tests.live.e2e_settings",
             DATABASE_URL=self.database_url,
             REDIS_URL=redis_url,
             REDIS_LAYER=layer,
@@ -282,7 +282,7 @@ def make_site(jobs: int) -> Iterator[Site]:
     try:
         with pg_database(database_url, site.db_name):
             env = site.env(poll_seconds=1, heartbeat_seconds=15)
-            made = json.loads(run_module(env, "tests.e2e_tool", "setup", "--jobs", str(jobs)))
+            made = json.loads(run_module(env, "tests.live", "e2e", "setup", "--jobs", str(jobs)))
             site.owner_session = made["owner_session"]
             site.jobs = list(made["jobs"])
             yield site
@@ -313,7 +313,7 @@ class Published:
 
 
 class Publisher:
-    """``python -m tests.e2e_tool publish`` in its own process."""
+    """``python -m tests.live e2e publish`` in its own process."""
 
     def __init__(
         self, processes: Processes, env: dict[str, str], job_id: str, steps: int, interval: float

@@ -32,7 +32,7 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
-from tests.processes import (
+from tests.live.processes import (
     ROOT,
     child_env,
     create_database,
@@ -47,7 +47,7 @@ from tests.processes import (
     wait_listening,
 )
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = ROOT / "tests" / "artifacts"
 MANAGE = str(ROOT / "example_project" / "manage.py")
 SETTINGS_MODULE = "example_project.settings"
 # The example's application (it serves its static files itself while DEBUG is on);
@@ -553,7 +553,7 @@ async ({ url, credentials, timeoutMs }) => {
 
 @dataclass
 class ExampleServer(Daphne):
-    """The example served by another server of ``tests.processes.SERVER_KINDS`` (uvicorn,
+    """The example served by another server of ``tests.live.processes.SERVER_KINDS`` (uvicorn,
     Granian), with ``extra`` options (TLS for HTTP/2); restartable as ``Daphne``."""
 
     kind: str = "uvicorn"

@@ -1,15 +1,15 @@
 """Helpers of ``test_pg_layer.py``: a site on PostgreSQL with channels_postgres as the channel
-layer (``tests.pg_layer_settings``), a PostgreSQL server of the test's own on a spare port (to
+layer (``tests.live.pg_layer_settings``), a PostgreSQL server of the test's own on a spare port (to
 stop and start again; the shared server is never touched), counts of the layer's database
 connections, and one helper process:
 
-``python -m tests.pg_layer_support events JOB_ID --bytes B --count K [--interval S]``
+``python -m tests.live pg-layer events JOB_ID --bytes B --count K [--interval S]``
     Publish K ``padded`` events whose data holds B padding characters, S seconds apart (0.1 by
-    default), from this process (``DJANGO_SETTINGS_MODULE=tests.pg_layer_settings``); print one
+    default), from this process (``DJANGO_SETTINGS_MODULE=tests.live.pg_layer_settings``); print one
     JSON line ``{"seq": ..., "type": ..., "t": <time.time() after commit>}`` per event.
 
-Servers, publishers and subscribers are those of ``tests.topology_support``. Every process
-started here is registered in a :class:`~tests.topology_support.Processes` and stopped at
+Servers, publishers and subscribers are those of ``tests.live.topology_support``. Every process
+started here is registered in a :class:`~tests.live.topology_support.Processes` and stopped at
 teardown; every wait is bounded; all traffic goes to 127.0.0.1.
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import (
+from tests.live.processes import (
     ROOT,
     free_port,
     pg_connect,
@@ -44,10 +44,10 @@ from tests.processes import (
     run_module,
     wait_until,
 )
-from tests.services import DATABASE_URL, require
-from tests.topology_support import Processes, Site
+from tests.live.services import DATABASE_URL, require
+from tests.live.topology_support import Processes, Site
 
-SETTINGS = "tests.pg_layer_settings"
+SETTINGS = "tests.live.pg_layer_settings"
 # A traceback, an ERROR or CRITICAL record, or a 5xx answer in a server's log.
 SERVER_ERRORS = re.compile(r"Traceback|\bERROR\b|CRITICAL|Internal Server Error|\" 5\d\d ")
 
@@ -59,7 +59,7 @@ def _missing(message: str) -> None:
 
 
 def require_postgres() -> str:
-    """The URL of the shared PostgreSQL (``DATABASE_URL``, or ``tests.services``' default when
+    """The URL of the shared PostgreSQL (``DATABASE_URL``, or ``tests.live.services``' default when
     it names no PostgreSQL); fails under CI=true and skips elsewhere when it is unreachable."""
     default = "postgres://postgres@127.0.0.1:5432/test"
     url = DATABASE_URL if DATABASE_URL.startswith("postgres") else default
@@ -93,7 +93,7 @@ def make_pg_site(database_url: str, jobs: int, log_dir: Path) -> Iterator[Site]:
     site = Site(database_url, "", f"django_sse_pgl_{rid}", rid, log_dir, "", [])
     with pg_database(database_url, site.db_name):
         env = layer_env(site, poll_seconds=1, heartbeat_seconds=15)
-        made = json.loads(run_module(env, "tests.e2e_tool", "setup", "--jobs", str(jobs)))
+        made = json.loads(run_module(env, "tests.live", "e2e", "setup", "--jobs", str(jobs)))
         site.owner_session = made["owner_session"]
         site.jobs = list(made["jobs"])
         yield site
@@ -244,12 +244,13 @@ def publish_padded(job_id: str, size: int, count: int, interval: float) -> None:
 def start_padded(
     env: dict[str, str], job_id: str, size: int, count: int, interval: float = 0.1
 ) -> subprocess.Popen[str]:
-    """``python -m tests.pg_layer_support events`` in a process of its own."""
+    """``python -m tests.live pg-layer events`` in a process of its own."""
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "tests.pg_layer_support",
+            "tests.live",
+            "pg-layer",
             "events",
             job_id,
             "--bytes",
@@ -274,7 +275,7 @@ def read_times(out: str) -> dict[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tests.pg_layer_support")
+    parser = argparse.ArgumentParser(prog="python -m tests.live pg-layer")
     commands = parser.add_subparsers(dest="command", required=True)
     events = commands.add_parser("events")
     events.add_argument("job_id")
@@ -288,7 +289,3 @@ def main(argv: list[str] | None = None) -> int:
     django.setup()
     publish_padded(args.job_id, args.bytes, args.count, args.interval)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

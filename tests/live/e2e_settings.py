@@ -18,7 +18,9 @@ from tests.settings import DJANGO_SSE as _BASE_SSE
 
 _db = os.environ.get("DJANGO_SSE_E2E_DB", "")
 if not _db:
-    raise RuntimeError("tests.e2e_settings needs DJANGO_SSE_E2E_DB (set by test_e2e_daphne.py).")
+    raise RuntimeError(
+        "tests.live.e2e_settings needs DJANGO_SSE_E2E_DB (set by test_e2e_daphne.py)."
+    )
 
 DATABASES["default"]["NAME"] = _db
 DATABASES["default"].pop("TEST", None)

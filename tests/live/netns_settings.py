@@ -1,6 +1,6 @@
 """Settings for the servers and helper processes of ``test_network.py``.
 
-``tests.e2e_settings`` (a SQLite file shared by the processes, ``DJANGO_SSE_E2E_DB``; the
+``tests.live.e2e_settings`` (a SQLite file shared by the processes, ``DJANGO_SSE_E2E_DB``; the
 ``django_sse`` log on stderr) with the in-memory channel layer whatever ``REDIS_URL`` says (a
 server inside its network namespace reaches no Redis: events from another process come through
 the database poll), and ``MAX_BUFFERED_BYTES`` from ``DJANGO_SSE_E2E_MAX_BUFFERED_BYTES``.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tests.e2e_settings import *  # noqa: F403
-from tests.e2e_settings import DATABASES
-from tests.e2e_settings import DJANGO_SSE as _E2E_SSE
+from tests.live.e2e_settings import *  # noqa: F403
+from tests.live.e2e_settings import DATABASES
+from tests.live.e2e_settings import DJANGO_SSE as _E2E_SSE
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

@@ -1,9 +1,9 @@
-"""Helper processes of ``test_abuse.py`` (``DJANGO_SETTINGS_MODULE=tests.abuse_settings``).
+"""Helper processes of ``test_abuse.py`` (``DJANGO_SETTINGS_MODULE=tests.live.abuse_settings``).
 
-``python -m tests.abuse_tool migrate``
+``python -m tests.live abuse migrate``
     Create the tables of the shared database.
 
-``python -m tests.abuse_tool make SPEC``
+``python -m tests.live abuse make SPEC``
     Create what ``SPEC`` (a JSON object) lists and print one JSON object naming it::
 
         {"users": ["alice"], "anonymous": ["guest"],
@@ -15,17 +15,17 @@
     JSON, the last one ``succeeded`` if ``status`` is ``succeeded``. Prints
     ``{"sessions": {name: key}, "users": {name: pk}, "jobs": [id, ...]}``.
 
-``python -m tests.abuse_tool logout SESSION_KEY``
+``python -m tests.live abuse logout SESSION_KEY``
     Delete a session (a logout elsewhere) and print ``{"t": <time after the delete>}``.
 
-``python -m tests.abuse_tool publish JOB_ID --count N --interval S --size B [--finish]``
+``python -m tests.live abuse publish JOB_ID --count N --interval S --size B [--finish]``
     Publish N ``step`` events, one every S seconds on a fixed schedule, whose data carries the
     time it was made (``{"i": ..., "t": ..., "pad": ...}``); with ``--finish`` end the job with
     ``succeeded``. With ``--new-job-for NAME`` (a user name or an anonymous session key) the job
     is created first and ``{"job": id}`` printed. After each commit one JSON line
     ``{"seq": ..., "t": <time after commit>}``.
 
-``python -m tests.abuse_tool count JOB_ID TYPE``
+``python -m tests.live abuse count JOB_ID TYPE``
     Print the number of events of ``TYPE`` the job has.
 """
 
@@ -42,7 +42,7 @@ BULK_BATCH = 2000
 
 
 def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.abuse_settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.live.abuse_settings")
     import django
 
     django.setup()
@@ -222,7 +222,7 @@ def count_events(job_id: str, type_: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tests.abuse_tool")
+    parser = argparse.ArgumentParser(prog="python -m tests.live abuse")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate")
     make_cmd = commands.add_parser("make")
@@ -259,7 +259,3 @@ def main(argv: list[str] | None = None) -> int:
         assert job_id, "publish needs a job id or --new-job-for"
         publish_events(job_id, args.count, args.interval, args.size, args.finish)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,11 @@
-"""Shared pieces of ``test_faults.py`` and ``test_celery.py``: a PostgreSQL database per run,
-the environment of the helper processes, and a Daphne server with its logs.
+"""Shared pieces of the end-to-end modules: a live server's handle and the check of its log
+(``test_e2e_daphne.py``, ``test_topology.py``); for ``test_faults.py`` and ``test_celery.py`` a
+PostgreSQL database per run, the environment of the helper processes, and a Daphne server with
+its logs.
 
-Both modules always use PostgreSQL (``DATABASE_URL``, or ``tests.services``' default); the
-database server is only ever reached on the address of that URL (127.0.0.1 in these tests).
+The fault and Celery modules always use PostgreSQL (``DATABASE_URL``, or ``tests.live.services``'
+default); the database server is only ever reached on the address of that URL (127.0.0.1 in these
+tests).
 """
 
 from __future__ import annotations
@@ -18,17 +21,58 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests import processes, services
-from tests.processes import (
+from tests.live import processes, services
+from tests.live.processes import (
     child_env,
     free_port,
     pg_database,
+    read_log,
     run_id,
     start_daphne,
     stop_process,
     wait_listening,
 )
-from tests.test_e2e_daphne import Server
+
+# Anything django_sse warns about is unexpected in these scenarios.
+SERVER_ERRORS = re.compile(
+    r"Traceback|\bERROR\b|CRITICAL|took too long to shut down|WARNING django_sse"
+)
+
+
+# What a server django_sse does not know makes it say once (it is no error there).
+UNKNOWN_SERVER_WARNING = re.compile(
+    r".*WARNING django_sse Streams are served by a server django_sse cannot read back-pressure.*\n?"
+)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    owner_session: str
+    other_session: str
+    # A server django_sse does not know (Granian): it warns once that it cannot read back-pressure.
+    unknown = False  # (not a field: LoggedServer adds fields of its own)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self, job_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/sse/jobs/{job_id}/events/"
+
+    def log_offset(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log(self, since: int = 0) -> str:
+        return read_log(self.log_path, since)
+
+    def assert_no_errors(self, since: int) -> None:
+        text = UNKNOWN_SERVER_WARNING.sub("", self.log(since)) if self.unknown else self.log(since)
+        assert not SERVER_ERRORS.search(text), f"server log has errors:\n{text}"
+        assert self.process.poll() is None, f"server died:\n{text}"
+
 
 # A traceback, an ERROR or CRITICAL record, or a response the browser would give up on.
 TRACEBACK_OR_ERROR = re.compile(r"Traceback|\bERROR\b|CRITICAL|Internal Server Error")

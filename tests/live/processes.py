@@ -1,6 +1,6 @@
 """Shared helpers of the end-to-end tests: ports, bounded waits, subprocesses (Daphne, the
-``tests.e2e_tool`` publisher, ``python -m`` tools), their environment and logs, a PostgreSQL
-database per run and Redis keys left by a run.
+``python -m tests.live e2e publish`` publisher, the other ``python -m tests.live`` tools), their
+environment and logs, a PostgreSQL database per run and Redis keys left by a run.
 
 Every wait is bounded in time and in count; all traffic goes to 127.0.0.1.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ASGI_APPLICATION = "tests.asgi:application"
 
 T = TypeVar("T")
@@ -168,12 +168,13 @@ def start_daphne(
 def start_publisher(
     env: dict[str, str], job_id: str, steps: int, interval: float
 ) -> subprocess.Popen[str]:
-    """``python -m tests.e2e_tool publish``: one JSON line per committed event on stdout."""
+    """``python -m tests.live e2e publish``: one JSON line per committed event on stdout."""
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "tests.e2e_tool",
+            "tests.live",
+            "e2e",
             "publish",
             job_id,
             "--steps",

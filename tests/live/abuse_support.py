@@ -1,9 +1,9 @@
 """Support of ``test_abuse.py``: live Daphne, uvicorn and Granian servers in subprocesses (each
-started as ``tests.processes.server_command`` says), their logs and memory, the helper tool,
+started as ``tests.live.processes.server_command`` says), their logs and memory, the helper tool,
 and raw HTTP/1.1 clients that read as slowly as a test wants (or never).
 
-The servers, the helper tool (``tests.abuse_tool``) and the publishers share one database: a
-SQLite file in a temporary directory, or a PostgreSQL database made for the run when
+The servers, the helper tool (``python -m tests.live abuse``) and the publishers share one database:
+a SQLite file in a temporary directory, or a PostgreSQL database made for the run when
 ``DATABASE_URL`` is set. With ``REDIS_URL`` they share a Redis channel layer (one prefix per
 run). Every wait is bounded and waits for a state; all traffic goes to 127.0.0.1.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.processes import (
+from tests.live.processes import (
     ROOT,
     SERVER_KINDS,
     child_env,
@@ -53,7 +53,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 USE_POSTGRES = DATABASE_URL.startswith("postgres")
 SESSION_COOKIE = "sessionid"
 CSRF_COOKIE = "csrftoken"
-TOOL = "tests.abuse_tool"
+TOOL = ("tests.live", "abuse")
 KIB = 1024
 MIB = 1024 * 1024
 
@@ -78,14 +78,14 @@ class Shared:
         return {**self.env, "DJANGO_SSE_ABUSE_SETTINGS": json.dumps(settings or {}), **values}
 
     def tool(self, *args: str, timeout: float = 120) -> Any:
-        """Run ``tests.abuse_tool`` to its end; its last line of output, decoded."""
-        out = run_module(self.env, TOOL, *args, timeout=timeout)
+        """Run ``python -m tests.live abuse`` to its end; its last line of output, decoded."""
+        out = run_module(self.env, *TOOL, *args, timeout=timeout)
         return json.loads(out.splitlines()[-1]) if out.strip() else None
 
     def start_tool(self, *args: str) -> subprocess.Popen[str]:
-        """``tests.abuse_tool`` in the background (its output is read by the caller)."""
+        """``python -m tests.live abuse`` in the background (its output is read by the caller)."""
         return subprocess.Popen(
-            [sys.executable, "-m", TOOL, *args],
+            [sys.executable, "-m", *TOOL, *args],
             cwd=ROOT,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -107,7 +107,7 @@ def shared_database() -> Iterator[Shared]:
         db_name = str(tmp / "abuse.sqlite3")
     prefix = f"django_sse_abuse_{rid}"
     env = child_env(
-        DJANGO_SETTINGS_MODULE="tests.abuse_settings",
+        DJANGO_SETTINGS_MODULE="tests.live.abuse_settings",
         DJANGO_SSE_E2E_DB=db_name,
         DJANGO_SSE_E2E_PREFIX=prefix,
         DJANGO_SSE_E2E_POLL_SECONDS="0.2",
@@ -543,7 +543,8 @@ class Reporter:
 
 @contextlib.contextmanager
 def reporters(shared: Shared) -> Iterator[Callable[..., Reporter]]:
-    """Start ``tests.abuse_tool`` processes that report as they go; each is stopped at the end."""
+    """Start ``python -m tests.live abuse`` processes that report as they go; each is stopped at the
+    end."""
     started: list[Reporter] = []
 
     def start(*args: str) -> Reporter:
@@ -563,7 +564,7 @@ def reporters(shared: Shared) -> Iterator[Callable[..., Reporter]]:
 
 @dataclass
 class Made:
-    """What ``tests.abuse_tool make`` created for a test."""
+    """What ``python -m tests.live abuse make`` created for a test."""
 
     sessions: dict[str, str]
     users: dict[str, int]
