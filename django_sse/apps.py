@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.db.models.signals import post_save
 from django.utils.translation import gettext_lazy as _
 
 
@@ -16,12 +15,7 @@ class DjangoSseConfig(AppConfig):
         from django_sse import checks  # noqa: F401  (registers the checks)
         from django_sse.conf import clear_cache
         from django_sse.fragments import clear_fragment_cache
-        from django_sse.models import JobEvent
-        from django_sse.signals import push_event_on_commit
 
-        post_save.connect(
-            push_event_on_commit, sender=JobEvent, dispatch_uid="django_sse.push_event_on_commit"
-        )
         setting_changed.connect(clear_cache, dispatch_uid="django_sse.clear_conf_cache")
         setting_changed.connect(
             clear_fragment_cache, dispatch_uid="django_sse.clear_fragment_cache"

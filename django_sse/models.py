@@ -13,7 +13,6 @@ from django.http import Http404
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_sse import publishing as _publish
 from django_sse.auth import can_access, identify
 from django_sse.cancellation import cancel_check
 from django_sse.exceptions import CancelRequested, JobFinished
@@ -25,6 +24,7 @@ from django_sse.lifecycle import (
     MESSAGE_MAX_LENGTH,
     JobStatus,
 )
+from django_sse.recording import Entry, EventManager, terminal_entry
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -169,19 +169,19 @@ class Job(models.Model):
 
     def start(self) -> JobEvent:
         """Mark the job running and record a ``started`` event."""
-        entry = _publish.Entry("started", {}, {"status": JobStatus.RUNNING})
-        return _publish._record(self, [entry])[-1]
+        entry = Entry("started", {}, {"status": JobStatus.RUNNING})
+        return recorder.record(self, [entry])[-1]
 
     def set_progress(
         self, current: int, total: int | None = None, message: str = ""
     ) -> JobEvent | None:
         """Record progress; updates closer together than the progress interval are coalesced
         (then None is returned and the value is written later, never lost)."""
-        return _publish.set_progress(self, current, total, message)
+        return recorder.record_progress(self, current, total, message)
 
     def flush_progress(self) -> JobEvent | None:
         """Write coalesced progress now, if any is pending."""
-        return _publish.flush_progress(self)
+        return recorder.flush_progress(self)
 
     def request_cancel(self) -> JobEvent:
         """Ask the job's task to stop: sets ``cancel_requested_at`` and records a
@@ -201,8 +201,8 @@ class Job(models.Model):
                 status__in=ACTIVE_STATUSES, cancel_requested_at__isnull=True
             ).update(cancel_requested_at=now)
             if claimed:
-                entry = _publish.Entry("cancel_requested", {}, {"cancel_requested_at": now})
-                return _publish._record(self, [entry])[-1]
+                entry = Entry("cancel_requested", {}, {"cancel_requested_at": now})
+                return recorder.record(self, [entry])[-1]
             row = jobs.values_list("status", "cancel_requested_at").first()
             if row is None:
                 raise Job.DoesNotExist(f"Job {job_id} does not exist.")
@@ -219,13 +219,13 @@ class Job(models.Model):
             if first is not None:
                 return first
             # cancel_requested_at was set by hand, without the event: record the event now.
-            entry = _publish.Entry("cancel_requested", {})
-            return _publish._record(self, [entry])[-1]
+            entry = Entry("cancel_requested", {})
+            return recorder.record(self, [entry])[-1]
 
     def cancel_requested(self) -> bool:
         """Whether a cancel was asked for. Cheap enough for every iteration of a loop: the
         database is read at most once per ``CANCEL_CHECK_SECONDS``."""
-        return cancel_check.requested(self.pk)
+        return cancel_check.requested(self.pk, _cancel_requested_in_db)
 
     def raise_if_cancel_requested(self) -> None:
         """Raise ``CancelRequested`` if a cancel was asked for (``tracks_job`` then ends the
@@ -236,18 +236,18 @@ class Job(models.Model):
     def succeed(self, result: Any = None) -> JobEvent:
         """End the job with ``result`` and record a ``succeeded`` event."""
         stored, _text = encode_data(result)
-        entry = _publish.terminal_entry("succeeded", {"result": stored}, {"result": stored})
-        return _publish._record(self, [entry])[-1]
+        entry = terminal_entry("succeeded", {"result": stored}, {"result": stored})
+        return recorder.record(self, [entry])[-1]
 
     def fail(self, error: str = "") -> JobEvent:
         """End the job with an error message (shown to the browser: keep it safe)."""
-        entry = _publish.terminal_entry("failed", {"error": str(error)}, {"error": str(error)})
-        return _publish._record(self, [entry])[-1]
+        entry = terminal_entry("failed", {"error": str(error)}, {"error": str(error)})
+        return recorder.record(self, [entry])[-1]
 
     def cancel(self) -> JobEvent:
         """End the job as cancelled."""
-        entry = _publish.terminal_entry("cancelled", {}, {})
-        return _publish._record(self, [entry])[-1]
+        entry = terminal_entry("cancelled", {}, {})
+        return recorder.record(self, [entry])[-1]
 
     async def astart(self) -> JobEvent:
         return await sync_to_async(self.start)()
@@ -255,7 +255,7 @@ class Job(models.Model):
     async def aset_progress(
         self, current: int, total: int | None = None, message: str = ""
     ) -> JobEvent | None:
-        return await _publish.aset_progress(self, current, total, message)
+        return await recorder.arecord_progress(self, current, total, message)
 
     async def aflush_progress(self) -> JobEvent | None:
         return await sync_to_async(self.flush_progress)()
@@ -288,6 +288,8 @@ class JobEvent(models.Model):
     data = models.JSONField(_("data"), null=True, blank=True, encoder=CompactJSONEncoder)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
+    objects = EventManager()
+
     class Meta:
         ordering = ["job", "seq"]
         verbose_name = _("job event")
@@ -299,3 +301,11 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.type}"
+
+
+# ``JobEvent.objects`` typed as what it is: django-stubs types this app's managers as Any.
+recorder: EventManager = JobEvent.objects
+
+
+def _cancel_requested_in_db(job_id: uuid.UUID) -> bool:
+    return bool(Job.objects.filter(pk=job_id, cancel_requested_at__isnull=False).exists())

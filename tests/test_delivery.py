@@ -13,9 +13,9 @@ from channels.layers import channel_layers, get_channel_layer
 from django.test import override_settings
 
 from django_sse import publish
-from django_sse.delivery import publisher
 from django_sse.groups import job_group
 from django_sse.models import Job, JobEvent
+from django_sse.pushing import layer_sender
 from tests.services import require_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,12 +63,12 @@ def test_a_burst_from_one_worker_reuses_redis_connections(fresh_layers: None) ->
         layer = get_channel_layer()
         channel = async_to_sync(layer.new_channel)()
         async_to_sync(layer.group_add)(group, channel)
-        publish(job, "warm-up")  # the first push opens the publisher's connection
-        assert publisher.flush(10)
+        publish(job, "warm-up")  # the first push opens the layer sender's connection
+        assert layer_sender.flush(10)
         before = total_connections(url)
         for n in range(200):
             publish(job, "step", {"n": n})
-        assert publisher.flush(10)
+        assert layer_sender.flush(10)
         opened = total_connections(url) - before
 
         async def drain() -> list[int]:
@@ -93,7 +93,7 @@ def test_publishing_works_when_the_layer_is_down(
         job = Job.objects.create(name="no layer")
         event = publish(job, "step", {"n": 1})
         job.succeed()
-        assert publisher.flush(10)
+        assert layer_sender.flush(10)
     assert event.seq == 1
     assert list(JobEvent.objects.filter(job=job).values_list("seq", flat=True)) == [1, 2]
     assert "Could not push event #1 of job" in caplog.text
@@ -124,7 +124,7 @@ def test_pushes_from_many_threads_all_arrive_in_each_threads_order(fresh_layers:
             thread.start()
         for thread in threads:
             thread.join(30)
-        assert publisher.flush(10)
+        assert layer_sender.flush(10)
 
         async def drain() -> list[dict[str, Any]]:
             return [await layer.receive(channel) for _ in range(100)]
