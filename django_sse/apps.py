@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.core.signals import setting_changed
 from django.utils.translation import gettext_lazy as _
+
+from django_sse import metrics
+from django_sse.conf import clear_cache
 
 
 class DjangoSseConfig(AppConfig):
@@ -10,13 +14,15 @@ class DjangoSseConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.core.signals import setting_changed
-
+        # Imported here, once the app registry is ready: the checks read the models' app, and
+        # the fragments' module imports the models (through the streams).
         from django_sse import checks  # noqa: F401  (registers the checks)
-        from django_sse.conf import clear_cache
         from django_sse.fragments import clear_fragment_cache
 
         setting_changed.connect(clear_cache, dispatch_uid="django_sse.clear_conf_cache")
+        setting_changed.connect(
+            metrics.clear_on_setting_changed, dispatch_uid="django_sse.clear_metrics"
+        )
         setting_changed.connect(
             clear_fragment_cache, dispatch_uid="django_sse.clear_fragment_cache"
         )

@@ -13,7 +13,7 @@ from django.http import Http404
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_sse.auth import can_access, identify
+from django_sse.access import can_access, identify
 from django_sse.cancellation import cancel_check
 from django_sse.exceptions import CancelRequested, JobFinished
 from django_sse.identity import SESSION_HASH_LENGTH, hash_session_key, session_hashes
