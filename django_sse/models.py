@@ -232,7 +232,7 @@ class JobEvent(models.Model):
         return f"#{self.seq} {self.type}"
 
 
-# ``JobEvent.objects`` typed as what it is: django-stubs types this app's managers as Any.
+# ``JobEvent.objects`` with its type: mypy (django-stubs) sees every model's ``objects`` as Any.
 recorder: EventManager = JobEvent.objects
 
 
