@@ -6,7 +6,7 @@ bumps ``Job.last_seq`` with an ``UPDATE`` (``fastpaths/sql.py`` holds the write 
 statement takes the job's row lock (PostgreSQL, MySQL) or the database write lock (SQLite) and
 holds it until commit, so a second publisher to the same job waits, allocates the next number
 and commits after the first: events of a job are committed in ``seq`` order, with no gaps.
-Streams rely on this order and check no other.
+This is the one place that guarantees the order; readers of the database rely on it.
 
 Once the transaction commits, the batch goes on to the channel layer (``pushing.py``): one
 ``transaction.on_commit`` callback per batch, so an event of a rolled-back transaction is never
@@ -110,9 +110,9 @@ def terminal_entry(event: str, data: Any, updates: dict[str, Any]) -> Entry:
 class EventManager(models.Manager["JobEvent"]):
     """``JobEvent.objects``: the ORM's manager, and the one writer of events.
 
-    ``record`` checks neither the event types nor the data: its callers do. ``publish()``
-    validates both, the lifecycle methods of ``Job`` write only their own types with encoded
-    data.
+    ``record`` checks neither the event types nor the data: its callers do, and it is not
+    public API. ``publish()`` validates both, the lifecycle methods of ``Job`` write only their
+    own types with encoded data.
     """
 
     @property
