@@ -115,8 +115,9 @@ class EventManager(models.Manager["JobEvent"]):
     own types with encoded data.
     """
 
-    @property
+    @functools.cached_property
     def _jobs(self) -> type[Job]:
+        # Looked up once: set_progress() reads it on every call.
         return cast("type[Job]", self.model._meta.get_field("job").related_model)
 
     @metrics.timed_publish
