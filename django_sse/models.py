@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -65,7 +65,7 @@ class Job(models.Model):
     # Set by request_cancel(); the task notices it with cancel_requested() and stops.
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
 
-    objects: ClassVar[JobQuerySet] = JobQuerySet.as_manager()  # type: ignore[assignment]
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
