@@ -14,8 +14,9 @@ class DjangoSseConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Imported here, once the app registry is ready: the checks read the models' app, and
-        # the fragments' module imports the models (through the streams).
+        # Imported here, once the app registry is ready (Django's place for it): importing
+        # the checks registers them, and the fragments' module imports the models (through
+        # the streams), which cannot load before the registry is ready.
         from django_sse import checks  # noqa: F401  (registers the checks)
         from django_sse.fragments import clear_fragment_cache
 
