@@ -82,9 +82,9 @@ def main() -> int:
         stats = run_sync(args.n, args.rate, send_es, args.max_seconds)
     stats["publisher_cpu_s"] = time.process_time() - cpu0
     if args.kind == "ours":
-        from django_sse.delivery import publisher
+        from django_sse.pushing import layer_sender
 
-        stats["layer_flushed"] = publisher.flush(10.0)
+        stats["layer_flushed"] = layer_sender.flush(10.0)
     sys.stdout.write(json.dumps(stats) + "\n")
     sys.stdout.flush()
     return 0

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.db.models.signals import post_save
+from django.core.signals import setting_changed
 from django.utils.translation import gettext_lazy as _
+
+from django_sse import metrics
+from django_sse.conf import clear_cache
 
 
 class DjangoSseConfig(AppConfig):
@@ -11,18 +14,16 @@ class DjangoSseConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.core.signals import setting_changed
-
+        # Imported here, once the app registry is ready (Django's place for it): importing
+        # the checks registers them, and the fragments' module imports the models (through
+        # the streams), which cannot load before the registry is ready.
         from django_sse import checks  # noqa: F401  (registers the checks)
-        from django_sse.conf import clear_cache
         from django_sse.fragments import clear_fragment_cache
-        from django_sse.models import JobEvent
-        from django_sse.signals import push_event_on_commit
 
-        post_save.connect(
-            push_event_on_commit, sender=JobEvent, dispatch_uid="django_sse.push_event_on_commit"
-        )
         setting_changed.connect(clear_cache, dispatch_uid="django_sse.clear_conf_cache")
+        setting_changed.connect(
+            metrics.clear_on_setting_changed, dispatch_uid="django_sse.clear_metrics"
+        )
         setting_changed.connect(
             clear_fragment_cache, dispatch_uid="django_sse.clear_fragment_cache"
         )

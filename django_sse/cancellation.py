@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from django_sse.conf import conf
 
@@ -21,15 +22,15 @@ class CancelCheck:
         self._lock = threading.Lock()
         self._checked: dict[uuid.UUID, tuple[float, bool]] = {}
 
-    def requested(self, job_id: uuid.UUID) -> bool:
-        from django_sse.models import Job
-
+    def requested(self, job_id: uuid.UUID, read: Callable[[uuid.UUID], bool]) -> bool:
+        """Whether a cancel of ``job_id`` was asked for; ``read`` asks the database, at most
+        once per ``CANCEL_CHECK_SECONDS`` (and never again once it said yes)."""
         now = time.monotonic()
         with self._lock:
             cached = self._checked.get(job_id)
         if cached is not None and (cached[1] or now - cached[0] < conf.CANCEL_CHECK_SECONDS):
             return cached[1]
-        value = bool(Job.objects.filter(pk=job_id, cancel_requested_at__isnull=False).exists())
+        value = read(job_id)
         with self._lock:
             self._checked[job_id] = (now, value)
         return value

@@ -18,7 +18,7 @@ from django.contrib.staticfiles import finders
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from django_sse.conf import DEFAULTS
+from django_sse.conf import DEFAULTS, conf
 
 _ORIGIN_RE = re.compile(r"\Ahttps?://[^/\s?#]+\Z")
 
@@ -126,8 +126,6 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
 def check_channel_layer(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
 ) -> list[CheckMessage]:
-    from django_sse.conf import conf
-
     layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
     if conf.CHANNEL_LAYER not in layers:
         return [
@@ -287,8 +285,6 @@ def check_redis_timeout(
 ) -> list[CheckMessage]:
     """redis-py 8 gives sockets a 5 s timeout, the core Redis layer blocks 5 s in receive():
     an idle receive then fails every 5 s (channels_redis issue 422)."""
-    from django_sse.conf import conf
-
     layer = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(conf.CHANNEL_LAYER) or {}
     if layer.get("BACKEND") != "channels_redis.core.RedisChannelLayer":
         return []
@@ -320,8 +316,6 @@ def check_redis_timeout(
 def check_buffer_size(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
     """A stream's inbox and replay pages hold a quarter of MAX_BUFFERED_BYTES each: an event
     larger than that never waits in an inbox (it is read back from the database every time)."""
-    from django_sse.conf import conf
-
     try:
         quarter, largest = conf.MAX_BUFFERED_BYTES // 4, conf.MAX_DATA_BYTES
     except (TypeError, ValueError):

@@ -171,6 +171,3 @@ def clear_cache(*, setting: str, **kwargs: Any) -> None:
     """``setting_changed`` receiver, connected in ``DjangoSseConfig.ready()``."""
     if setting == "DJANGO_SSE":
         conf.clear()
-        from django_sse import metrics
-
-        metrics.unbind()

@@ -28,11 +28,11 @@ from channels.layers import BaseChannelLayer
 from django_sse import metrics
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
-from django_sse.delivery import get_layer
 from django_sse.direct import DirectWriter
 from django_sse.discovery import Discovery
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
 from django_sse.lifecycle import EVENT_TYPE_RE, TERMINAL_TYPES
+from django_sse.pushing import get_layer, register_hub_loop, unregister_hub_loop
 from django_sse.queries import StoredEvent, fetch_events, last_seq, last_seqs
 from django_sse.resume import MAX_SEQ
 from django_sse.sse import encode_event
@@ -521,20 +521,14 @@ def get_hub() -> Hub:
     hub = _hubs.get(loop)
     if hub is None or hub.closed:
         hub = _hubs[loop] = Hub(loop)
+        register_hub_loop(loop)  # pushing.py sends in-memory layer messages here
     return hub
-
-
-def running_hub_loops() -> list[asyncio.AbstractEventLoop]:
-    """Event loops of this process that run a hub (callable from any thread)."""
-    return [
-        loop
-        for loop, hub in list(_hubs.items())
-        if not hub.closed and not loop.is_closed() and loop.is_running()
-    ]
 
 
 async def close_hub() -> None:
     """Close the running loop's hub, if any."""
-    hub = _hubs.get(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
     if hub is not None:
+        unregister_hub_loop(loop)
         await hub.aclose()

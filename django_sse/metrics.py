@@ -7,7 +7,8 @@ They start as stubs: the first call of any of them binds them all, to recorders 
 when metrics are on and ``prometheus_client`` imports, else to functions that do nothing. So
 with metrics off ``prometheus_client`` is never imported and a call costs one call of an empty
 function (``counted`` hands its generator back untouched). A change of ``DJANGO_SSE`` (Django's
-``setting_changed``, see ``conf.py``) unbinds them: the next call looks at the setting again.
+``setting_changed``, see ``clear_on_setting_changed``) unbinds them: the next call looks at the
+setting again.
 
 The metrics are created once per registry (prometheus_client's default one unless ``bind`` is
 given another, as the tests do), so django-prometheus's ``/metrics`` and prometheus_client's own
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "bind",
+    "clear_on_setting_changed",
     "counted",
     "gap_filled",
     "layer_receive_failed",
@@ -232,6 +234,13 @@ def unbind() -> None:
             globals()[name] = _stub(name)
         _publish_histogram = None
         _bound = False
+
+
+def clear_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    """``setting_changed`` receiver, connected in ``DjangoSseConfig.ready()``: a change of
+    ``DJANGO_SSE`` unbinds the recorders."""
+    if setting == "DJANGO_SSE":
+        unbind()
 
 
 def bind(registry: CollectorRegistry | None = None) -> None:

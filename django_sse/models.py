@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, router, transaction
-from django.http import Http404
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_sse import publishing as _publish
-from django_sse.auth import can_access, identify
 from django_sse.cancellation import cancel_check
 from django_sse.exceptions import CancelRequested, JobFinished
-from django_sse.identity import SESSION_HASH_LENGTH, hash_session_key, session_hashes
+from django_sse.identity import SESSION_HASH_LENGTH
 from django_sse.jsontext import CompactJSONEncoder, encode_data
 from django_sse.lifecycle import (
     ACTIVE_STATUSES,
@@ -25,79 +22,11 @@ from django_sse.lifecycle import (
     MESSAGE_MAX_LENGTH,
     JobStatus,
 )
+from django_sse.managers import JobQuerySet
+from django_sse.recording import Entry, EventManager, terminal_entry
 
-if TYPE_CHECKING:
-    from django.http import HttpRequest
-
-
-# One message for every refusal of get_for_request(): a stranger learns nothing from it.
-_NO_JOB = "No job matches the given query."
-
-
-class JobQuerySet(models.QuerySet["Job"]):
-    def create_for_request(self, request: HttpRequest, **fields: Any) -> Job:
-        """Create a job owned by the request's user or, for an anonymous visitor, by the
-        request's session (saved first if it has no key yet)."""
-        user = request.user
-        if user.is_authenticated:
-            return self.create(owner=user, **fields)
-        if request.session.session_key is None:
-            request.session.save()
-        return self.create(
-            session_hash=hash_session_key(request.session.session_key or ""), **fields
-        )
-
-    async def acreate_for_request(self, request: HttpRequest, **fields: Any) -> Job:
-        """Async twin of :meth:`create_for_request`."""
-        user = await request.auser()
-        if user.is_authenticated:
-            return await self.acreate(owner=user, **fields)
-        if request.session.session_key is None:
-            await request.session.asave()
-        session_hash = hash_session_key(request.session.session_key or "")
-        return await self.acreate(session_hash=session_hash, **fields)
-
-    def for_session_key(self, session_key: str | None) -> JobQuerySet:
-        """The jobs of the anonymous visitor whose session has this key."""
-        if not session_key:
-            return cast(JobQuerySet, self.none())
-        hashes = session_hashes(session_key)
-        return cast(JobQuerySet, self.filter(owner__isnull=True, session_hash__in=hashes))
-
-    def for_request(self, request: HttpRequest) -> JobQuerySet:
-        """The visitor's jobs: the user's, or an anonymous visitor's session's (the rule the
-        streams apply, so a page listing these never links to a stream that answers 404)."""
-        user = request.user
-        if user.is_authenticated:
-            return cast(JobQuerySet, self.filter(owner=user))
-        return self.for_session_key(request.session.session_key)
-
-    def get_for_request(self, request: HttpRequest, job_id: object) -> Job:
-        """The job ``job_id`` if the request may see it (its user or anonymous session owns
-        it, or ``DJANGO_SSE["AUTHORIZE"]`` admits it), else ``Http404``: the same 404 for a job
-        of somebody else, a missing job and a malformed id, so the answer tells a stranger
-        nothing. The rule the streams apply: a page fetched with this shows exactly the jobs
-        whose stream answers."""
-        try:
-            pk = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
-        except ValueError:
-            raise Http404(_NO_JOB) from None
-        job = cast("Job | None", self.filter(pk=pk).first())
-        if job is not None:
-            _user, identity = identify(request)
-            if can_access(request, job, identity):
-                return job
-        raise Http404(_NO_JOB)
-
-    async def aget_for_request(self, request: HttpRequest, job_id: object) -> Job:
-        """Async twin of :meth:`get_for_request`."""
-        return await sync_to_async(self.get_for_request)(request, job_id)
-
-    def active(self) -> JobQuerySet:
-        return cast(JobQuerySet, self.filter(status__in=ACTIVE_STATUSES))
-
-    def finished(self) -> JobQuerySet:
-        return cast(JobQuerySet, self.filter(status__in=FINISHED_STATUSES))
+# JobQuerySet lives in managers.py; it is importable from here, as it always was.
+__all__ = ["Job", "JobEvent", "JobQuerySet"]
 
 
 class Job(models.Model):
@@ -136,7 +65,7 @@ class Job(models.Model):
     # Set by request_cancel(); the task notices it with cancel_requested() and stops.
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
 
-    objects: ClassVar[JobQuerySet] = JobQuerySet.as_manager()  # type: ignore[assignment]
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -169,19 +98,19 @@ class Job(models.Model):
 
     def start(self) -> JobEvent:
         """Mark the job running and record a ``started`` event."""
-        entry = _publish.Entry("started", {}, {"status": JobStatus.RUNNING})
-        return _publish._record(self, [entry])[-1]
+        entry = Entry("started", {}, {"status": JobStatus.RUNNING})
+        return recorder.record(self, [entry])[-1]
 
     def set_progress(
         self, current: int, total: int | None = None, message: str = ""
     ) -> JobEvent | None:
         """Record progress; updates closer together than the progress interval are coalesced
         (then None is returned and the value is written later, never lost)."""
-        return _publish.set_progress(self, current, total, message)
+        return recorder.record_progress(self, current, total, message)
 
     def flush_progress(self) -> JobEvent | None:
         """Write coalesced progress now, if any is pending."""
-        return _publish.flush_progress(self)
+        return recorder.flush_progress(self)
 
     def request_cancel(self) -> JobEvent:
         """Ask the job's task to stop: sets ``cancel_requested_at`` and records a
@@ -201,8 +130,8 @@ class Job(models.Model):
                 status__in=ACTIVE_STATUSES, cancel_requested_at__isnull=True
             ).update(cancel_requested_at=now)
             if claimed:
-                entry = _publish.Entry("cancel_requested", {}, {"cancel_requested_at": now})
-                return _publish._record(self, [entry])[-1]
+                entry = Entry("cancel_requested", {}, {"cancel_requested_at": now})
+                return recorder.record(self, [entry])[-1]
             row = jobs.values_list("status", "cancel_requested_at").first()
             if row is None:
                 raise Job.DoesNotExist(f"Job {job_id} does not exist.")
@@ -219,13 +148,13 @@ class Job(models.Model):
             if first is not None:
                 return first
             # cancel_requested_at was set by hand, without the event: record the event now.
-            entry = _publish.Entry("cancel_requested", {})
-            return _publish._record(self, [entry])[-1]
+            entry = Entry("cancel_requested", {})
+            return recorder.record(self, [entry])[-1]
 
     def cancel_requested(self) -> bool:
         """Whether a cancel was asked for. Cheap enough for every iteration of a loop: the
         database is read at most once per ``CANCEL_CHECK_SECONDS``."""
-        return cancel_check.requested(self.pk)
+        return cancel_check.requested(self.pk, _cancel_requested_in_db)
 
     def raise_if_cancel_requested(self) -> None:
         """Raise ``CancelRequested`` if a cancel was asked for (``tracks_job`` then ends the
@@ -236,18 +165,18 @@ class Job(models.Model):
     def succeed(self, result: Any = None) -> JobEvent:
         """End the job with ``result`` and record a ``succeeded`` event."""
         stored, _text = encode_data(result)
-        entry = _publish.terminal_entry("succeeded", {"result": stored}, {"result": stored})
-        return _publish._record(self, [entry])[-1]
+        entry = terminal_entry("succeeded", {"result": stored}, {"result": stored})
+        return recorder.record(self, [entry])[-1]
 
     def fail(self, error: str = "") -> JobEvent:
         """End the job with an error message (shown to the browser: keep it safe)."""
-        entry = _publish.terminal_entry("failed", {"error": str(error)}, {"error": str(error)})
-        return _publish._record(self, [entry])[-1]
+        entry = terminal_entry("failed", {"error": str(error)}, {"error": str(error)})
+        return recorder.record(self, [entry])[-1]
 
     def cancel(self) -> JobEvent:
         """End the job as cancelled."""
-        entry = _publish.terminal_entry("cancelled", {}, {})
-        return _publish._record(self, [entry])[-1]
+        entry = terminal_entry("cancelled", {}, {})
+        return recorder.record(self, [entry])[-1]
 
     async def astart(self) -> JobEvent:
         return await sync_to_async(self.start)()
@@ -255,7 +184,7 @@ class Job(models.Model):
     async def aset_progress(
         self, current: int, total: int | None = None, message: str = ""
     ) -> JobEvent | None:
-        return await _publish.aset_progress(self, current, total, message)
+        return await recorder.arecord_progress(self, current, total, message)
 
     async def aflush_progress(self) -> JobEvent | None:
         return await sync_to_async(self.flush_progress)()
@@ -288,6 +217,8 @@ class JobEvent(models.Model):
     data = models.JSONField(_("data"), null=True, blank=True, encoder=CompactJSONEncoder)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
+    objects = EventManager()
+
     class Meta:
         ordering = ["job", "seq"]
         verbose_name = _("job event")
@@ -299,3 +230,11 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.type}"
+
+
+# ``JobEvent.objects`` with its type: mypy (django-stubs) sees every model's ``objects`` as Any.
+recorder: EventManager = JobEvent.objects
+
+
+def _cancel_requested_in_db(job_id: uuid.UUID) -> bool:
+    return bool(Job.objects.filter(pk=job_id, cancel_requested_at__isnull=False).exists())

@@ -28,7 +28,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from asgiref.sync import sync_to_async
 
@@ -38,10 +38,8 @@ from django_sse.exceptions import (
     EventDataTooLarge,
     JobFinished,
 )
-from django_sse.publishing import job_id_of
-
-if TYPE_CHECKING:
-    from django_sse.models import Job
+from django_sse.models import Job
+from django_sse.recording import job_id_of
 
 logger = logging.getLogger("django_sse")
 
@@ -53,9 +51,7 @@ INTERRUPTED_MESSAGE = "The worker stopped before the job was done."
 
 
 def _load(job: Job | uuid.UUID | str) -> Job:
-    from django_sse.models import Job
-
-    return job if isinstance(job, Job) else Job.objects.get(pk=job_id_of(job))
+    return job if isinstance(job, Job) else Job.objects.get(pk=job_id_of(job, Job))
 
 
 def _begin(job: Job) -> bool:

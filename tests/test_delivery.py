@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -13,9 +14,10 @@ from channels.layers import channel_layers, get_channel_layer
 from django.test import override_settings
 
 from django_sse import publish
-from django_sse.delivery import publisher
 from django_sse.groups import job_group
+from django_sse.hub import close_hub, get_hub
 from django_sse.models import Job, JobEvent
+from django_sse.pushing import hub_loops, layer_sender, register_hub_loop, unregister_hub_loop
 from tests.live.services import require_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,12 +65,12 @@ def test_a_burst_from_one_worker_reuses_redis_connections(fresh_layers: None) ->
         layer = get_channel_layer()
         channel = async_to_sync(layer.new_channel)()
         async_to_sync(layer.group_add)(group, channel)
-        publish(job, "warm-up")  # the first push opens the publisher's connection
-        assert publisher.flush(10)
+        publish(job, "warm-up")  # the first push opens the layer sender's connection
+        assert layer_sender.flush(10)
         before = total_connections(url)
         for n in range(200):
             publish(job, "step", {"n": n})
-        assert publisher.flush(10)
+        assert layer_sender.flush(10)
         opened = total_connections(url) - before
 
         async def drain() -> list[int]:
@@ -93,7 +95,7 @@ def test_publishing_works_when_the_layer_is_down(
         job = Job.objects.create(name="no layer")
         event = publish(job, "step", {"n": 1})
         job.succeed()
-        assert publisher.flush(10)
+        assert layer_sender.flush(10)
     assert event.seq == 1
     assert list(JobEvent.objects.filter(job=job).values_list("seq", flat=True)) == [1, 2]
     assert "Could not push event #1 of job" in caplog.text
@@ -124,7 +126,7 @@ def test_pushes_from_many_threads_all_arrive_in_each_threads_order(fresh_layers:
             thread.start()
         for thread in threads:
             thread.join(30)
-        assert publisher.flush(10)
+        assert layer_sender.flush(10)
 
         async def drain() -> list[dict[str, Any]]:
             return [await layer.receive(channel) for _ in range(100)]
@@ -133,3 +135,38 @@ def test_pushes_from_many_threads_all_arrive_in_each_threads_order(fresh_layers:
     for job in jobs:
         seqs = [m["seq"] for m in messages if m["job"] == job.pk.hex]
         assert seqs == list(range(1, 26))
+
+
+# -- the in-memory layer: the loops of this process's hubs -------------------------------------
+
+
+def test_hub_loops_are_the_registered_loops_that_run() -> None:
+    loop = asyncio.new_event_loop()
+    running = threading.Event()
+    loop.call_soon(running.set)
+    thread = threading.Thread(target=loop.run_forever)
+    register_hub_loop(loop)
+    try:
+        assert loop not in hub_loops()  # not running yet
+        thread.start()
+        assert running.wait(5)
+        assert loop in hub_loops()
+        unregister_hub_loop(loop)
+        assert loop not in hub_loops()
+        register_hub_loop(loop)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert loop not in hub_loops()  # stopped
+    loop.close()
+    assert loop not in hub_loops()
+    unregister_hub_loop(loop)
+
+
+@pytest.mark.asyncio
+async def test_a_hub_registers_its_loop_until_it_is_closed() -> None:
+    loop = asyncio.get_running_loop()
+    get_hub()
+    assert loop in hub_loops()
+    await close_hub()
+    assert loop not in hub_loops()

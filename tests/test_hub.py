@@ -89,7 +89,7 @@ async def test_a_gap_is_read_from_the_database_once_for_all(
     job = await Job.objects.acreate()
     hub = get_hub()
     subscribers = [await hub.subscribe(job.pk) for _ in range(5)]
-    monkeypatch.setattr("django_sse.signals.push_event", lambda event: None)
+    monkeypatch.setattr("django_sse.pushing.push_event", lambda event: None)
     for _ in range(3):
         await sync_to_async(publish)(job, "step")
     reads = 0
@@ -197,6 +197,6 @@ async def test_poll_finds_events_no_message_announced(
     job = await Job.objects.acreate()
     hub = get_hub()
     subscriber = await hub.subscribe(job.pk)
-    monkeypatch.setattr("django_sse.signals.push_event", lambda event: None)
+    monkeypatch.setattr("django_sse.pushing.push_event", lambda event: None)
     await sync_to_async(publish)(job, "from-elsewhere")
     assert await next_items(subscriber, 1) == [1]  # POLL_SECONDS is 0.2 in the tests

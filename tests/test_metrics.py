@@ -21,8 +21,8 @@ from django.test import override_settings
 from prometheus_client import CollectorRegistry
 
 from django_sse import metrics, publish
-from django_sse.delivery import get_layer, push_event
 from django_sse.models import Job
+from django_sse.pushing import get_layer, push_event
 from tests.utils import StreamClient, make_session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,10 +173,10 @@ async def test_gaps_filled_from_the_database(
         await client.read_events(1)
         assert sample(registry, "django_sse_gap_filled_events_total") == 0
         # The layer drops #2 and #3; #4 arrives and the hub reads the gap from the database.
-        monkeypatch.setattr("django_sse.signals.push_event", lambda event: None)
+        monkeypatch.setattr("django_sse.pushing.push_event", lambda event: None)
         await apublish_in_thread(job, "b")
         await apublish_in_thread(job, "c")
-        monkeypatch.setattr("django_sse.signals.push_event", push_event)
+        monkeypatch.setattr("django_sse.pushing.push_event", push_event)
         await apublish_in_thread(job, "d")
         await client.read_events(4)
         assert client.seqs == [1, 2, 3, 4]

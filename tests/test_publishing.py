@@ -25,9 +25,11 @@ from django_sse.exceptions import (
     InvalidEventType,
     JobFinished,
 )
+from django_sse.fastpaths import sql
 from django_sse.identity import hash_session_key
 from django_sse.lifecycle import ACTIVE_STATUSES, FINISHED_STATUSES, JobStatus
 from django_sse.models import Job, JobEvent
+from django_sse.recording import Entry, make_progress, progress_entry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,7 +49,7 @@ def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     """Each write path: "native" is what the test database takes (one statement on
     PostgreSQL, UPDATE ... RETURNING on SQLite), "orm" the fallback for other databases."""
     if request.param == "orm":
-        monkeypatch.setattr(publishing, "can_update_returning", lambda connection: False)
+        monkeypatch.setattr(sql, "can_update_returning", lambda connection: False)
     return str(request.param)
 
 
@@ -61,7 +63,7 @@ def pushed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[JobEvent]]:
         with lock:
             seen.append(event)
 
-    monkeypatch.setattr("django_sse.signals.push_event", fake_push)
+    monkeypatch.setattr("django_sse.pushing.push_event", fake_push)
     yield seen
 
 
@@ -332,12 +334,12 @@ def test_can_update_returning() -> None:
         vendor = "mysql"  # MariaDB returns from INSERT, not from UPDATE
         features = Features()
 
-    assert not publishing.can_update_returning(Connection())  # type: ignore[arg-type]
+    assert not sql.can_update_returning(Connection())  # type: ignore[arg-type]
     Connection.vendor = "sqlite"
-    assert publishing.can_update_returning(Connection())  # type: ignore[arg-type]
+    assert sql.can_update_returning(Connection())  # type: ignore[arg-type]
     Features.can_return_columns_from_insert = False  # SQLite before 3.35
-    assert not publishing.can_update_returning(Connection())  # type: ignore[arg-type]
-    assert publishing.can_update_returning(connection)  # PostgreSQL, SQLite 3.35+ here
+    assert not sql.can_update_returning(Connection())  # type: ignore[arg-type]
+    assert sql.can_update_returning(connection)  # PostgreSQL, SQLite 3.35+ here
 
 
 def test_publish_round_trips(job: Job) -> None:
@@ -373,7 +375,7 @@ def test_several_events_go_in_with_one_insert(write_path: str, job: Job) -> None
         job.set_progress(1, 10)
         job.set_progress(2, 10)  # pending
         with CaptureQueriesContext(connection) as queries:
-            events = publishing._record(job, [publishing.Entry("note", {"a": 1})])
+            events = JobEvent.objects.record(job, [Entry("note", {"a": 1})])
     inserts = [s for s in statements(queries) if s.startswith(("WITH", "INSERT"))]
     assert len(inserts) == (2 if write_path == "orm" else 1)
     assert [(e.seq, e.type, e.data) for e in events] == [
@@ -390,8 +392,8 @@ def test_several_events_go_in_with_one_insert(write_path: str, job: Job) -> None
 
 def test_several_events_without_data(write_path: str, job: Job) -> None:
     # (On PostgreSQL, rows of NULLs only once made an INSERT ... SELECT of text.)
-    entries = [publishing.Entry("a", None), publishing.Entry("b", None), publishing.Entry("c", [])]
-    events = publishing._record(job, entries)
+    entries = [Entry("a", None), Entry("b", None), Entry("c", [])]
+    events = JobEvent.objects.record(job, entries)
     assert [(e.seq, e.data) for e in events] == [(1, None), (2, None), (3, [])]
     assert list(JobEvent.objects.filter(job=job).values_list("seq", "data")) == [
         (1, None),
@@ -400,22 +402,32 @@ def test_several_events_without_data(write_path: str, job: Job) -> None:
     ]
 
 
-def test_post_save_is_sent_once_per_event_after_the_insert(write_path: str, job: Job) -> None:
-    seen: list[tuple[int, bool, bool]] = []
+def test_a_batch_is_pushed_once_after_commit(
+    write_path: str, job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One push per recorded batch, with every event of it stored and committed by then.
+    batches: list[list[tuple[int, bool]]] = []
 
-    def receiver(sender: Any, instance: JobEvent, created: bool, **kwargs: Any) -> None:
-        stored_now = JobEvent.objects.filter(pk=instance.pk).exists()
-        seen.append((instance.seq, created, stored_now))
+    def fake_push_events(events: list[JobEvent]) -> None:
+        committed = not transaction.get_connection().in_atomic_block
+        batches.append(
+            [(e.seq, committed and JobEvent.objects.filter(pk=e.pk).exists()) for e in events]
+        )
 
-    post_save.connect(receiver, sender=JobEvent)
-    try:
-        with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
-            job.set_progress(1)
-            job.set_progress(2)
-            publish(job, "note")
-    finally:
-        post_save.disconnect(receiver, sender=JobEvent)
-    assert seen == [(1, True, True), (2, True, True), (3, True, True)]
+    monkeypatch.setattr("django_sse.pushing.push_events", fake_push_events)
+    with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
+        job.set_progress(1)
+        job.set_progress(2)  # pending: it goes with the next event, in its batch
+        publish(job, "note")
+        with transaction.atomic():
+            publish(job, "a")
+            publish(job, "b")
+            assert len(batches) == 2
+    assert batches == [[(1, True)], [(2, True), (3, True)], [(4, True)], [(5, True)]]
+
+
+def test_no_signal_receiver_of_ours_pushes_events() -> None:
+    assert not post_save.has_listeners(JobEvent)
 
 
 def test_progress_makes_a_pending_job_run_but_not_a_finished_one(write_path: str, job: Job) -> None:
@@ -424,15 +436,15 @@ def test_progress_makes_a_pending_job_run_but_not_a_finished_one(write_path: str
     assert job.status == "running"
     job.cancel()
     with pytest.raises(JobFinished):
-        publishing._record(job, [publishing.progress_entry(publishing.make_progress(2, None, ""))])
+        JobEvent.objects.record(job, [progress_entry(make_progress(2, None, ""))])
     job.refresh_from_db()
     assert (job.status, job.current) == ("cancelled", 1)
 
 
 def test_updates_with_an_expression_take_the_orm_path(job: Job) -> None:
-    entry = publishing.Entry("bump", {}, {"current": F("current") + 5})
-    publishing._record(job, [entry])
-    publishing._record(job, [entry])
+    entry = Entry("bump", {}, {"current": F("current") + 5})
+    JobEvent.objects.record(job, [entry])
+    JobEvent.objects.record(job, [entry])
     job.refresh_from_db()
     assert (job.current, job.last_seq) == (10, 2)
     assert stored(job) == [(1, "bump"), (2, "bump")]

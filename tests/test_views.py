@@ -16,11 +16,11 @@ from django.contrib.sessions.models import Session
 from django.test import override_settings
 
 from django_sse import publish
-from django_sse.delivery import push_event
 from django_sse.groups import job_group
 from django_sse.hub import get_hub
 from django_sse.identity import hash_session_key
 from django_sse.models import Job
+from django_sse.pushing import push_event
 from tests.layers import group_size
 from tests.utils import StreamClient, apublish_in_thread, make_session, open_stream, url
 
@@ -181,7 +181,7 @@ async def test_event_from_another_process_arrives_by_database_poll(
     client = await open_stream(job.pk, owner_key)
     await client.read_chunk()
     # Another process's push never reaches this process's in-memory layer.
-    monkeypatch.setattr("django_sse.signals.push_event", lambda event: None)
+    monkeypatch.setattr("django_sse.pushing.push_event", lambda event: None)
     await apublish_in_thread(job, "from-worker", {"pid": 1})
     events = await client.read_events(1, timeout=3)  # POLL_SECONDS is 0.2 in the tests
     assert [e.type for e in events] == ["from-worker"]
@@ -197,10 +197,10 @@ async def test_gap_is_backfilled_from_the_database(
     await apublish_in_thread(job, "a")
     await client.read_events(1)
     # The layer drops #2 and #3 (a full channel, say); #4 arrives.
-    monkeypatch.setattr("django_sse.signals.push_event", lambda event: None)
+    monkeypatch.setattr("django_sse.pushing.push_event", lambda event: None)
     await apublish_in_thread(job, "b")
     await apublish_in_thread(job, "c")
-    monkeypatch.setattr("django_sse.signals.push_event", push_event)
+    monkeypatch.setattr("django_sse.pushing.push_event", push_event)
     await apublish_in_thread(job, "d")
     events = await client.read_events(4, timeout=3)
     assert [e.type for e in events] == ["a", "b", "c", "d"]

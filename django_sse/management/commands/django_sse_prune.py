@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from django_sse.conf import conf
+from django_sse.models import Job, JobEvent
 
 _AGE = re.compile(r"\A(\d+(?:\.\d+)?)([smhd])\Z")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,8 +38,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from django_sse.models import Job, JobEvent
-
         if options["older_than"]:
             age = parse_age(options["older_than"])
         else:

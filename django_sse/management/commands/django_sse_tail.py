@@ -16,6 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_sse.lifecycle import TERMINAL_TYPES
+from django_sse.models import Job
 from django_sse.queries import fetch_events
 
 BAR_WIDTH = 30
@@ -56,8 +57,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from django_sse.models import Job
-
         try:
             job = Job.objects.get(pk=uuid.UUID(options["job_id"]))
         except (ValueError, Job.DoesNotExist):

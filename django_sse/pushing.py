@@ -1,14 +1,19 @@
-"""Pushing committed events to the channel layer.
+"""Pushing committed events to the channel layer: the second stage, after recording.
 
-``push_event`` runs in ``transaction.on_commit`` callbacks, so in a sync thread: a view, a task
-worker, a management command or a plain thread. It never raises: the event is already recorded,
-and open streams find anything the layer did not bring in the database (``POLL_SECONDS``).
+``recording.py`` hands each committed batch of events to ``push_events`` (in a
+``transaction.on_commit`` callback, so in a sync thread: a view, a task worker, a management
+command or a plain thread). It never raises: the events are already recorded, and open streams
+find anything the layer did not bring in the database (``POLL_SECONDS``). One layer message per
+event.
 
 - In-memory layer: it is not thread-safe and only reaches this process, so the send is handed
   to the event loop of each stream hub running here (a naive ``async_to_sync(group_send)`` from
   a plain thread arrived seconds late). With no hub in this process nobody could receive it.
-- Other layers (Redis): sends go through one long-lived background event loop per process, in
-  order, reusing the layer's connections instead of opening a loop and a connection per event.
+  Hubs register their loops here (``register_hub_loop``): this module knows where to send, not
+  what a hub does with a message, and never imports the hub.
+- Other layers (Redis): sends go through one ``LayerSender`` per process, a long-lived
+  background event loop that sends in order and reuses the layer's connections instead of
+  opening a loop and a connection per event.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import atexit
 import logging
 import os
 import threading
+import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
@@ -30,6 +37,28 @@ if TYPE_CHECKING:
     from django_sse.models import JobEvent
 
 logger = logging.getLogger("django_sse")
+
+# Event loops of this process that run a stream hub (weak: a loop that is gone drops out).
+_hub_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_hub_loops_lock = threading.Lock()
+
+
+def register_hub_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Send this process's in-memory layer messages to ``loop`` too (a hub runs on it)."""
+    with _hub_loops_lock:
+        _hub_loops.add(loop)
+
+
+def unregister_hub_loop(loop: asyncio.AbstractEventLoop) -> None:
+    with _hub_loops_lock:
+        _hub_loops.discard(loop)
+
+
+def hub_loops() -> list[asyncio.AbstractEventLoop]:
+    """The registered loops still running (callable from any thread)."""
+    with _hub_loops_lock:
+        loops = list(_hub_loops)
+    return [loop for loop in loops if not loop.is_closed() and loop.is_running()]
 
 
 def get_layer() -> BaseChannelLayer | None:
@@ -50,6 +79,13 @@ def event_message(event: JobEvent) -> dict[str, Any]:
     }
 
 
+def push_events(events: Sequence[JobEvent]) -> None:
+    """Send a committed batch to its job's group, one message per event, in order. Logs
+    failures, never raises."""
+    for event in events:
+        push_event(event)
+
+
 def push_event(event: JobEvent) -> None:
     """Send one committed event to its job's group. Logs failures, never raises."""
     try:
@@ -59,12 +95,10 @@ def push_event(event: JobEvent) -> None:
         group = job_group(event.job_id)
         message = event_message(event)
         if isinstance(layer, InMemoryChannelLayer):
-            from django_sse.hub import running_hub_loops
-
-            for loop in running_hub_loops():
+            for loop in hub_loops():
                 asyncio.run_coroutine_threadsafe(_send(layer, group, message), loop)
         else:
-            publisher.submit(layer, group, message)
+            layer_sender.submit(layer, group, message)
     except Exception:
         logger.exception("Could not push event #%s of job %s.", event.seq, event.job_id)
 
@@ -82,7 +116,7 @@ async def _send(layer: BaseChannelLayer, group: str, message: dict[str, Any]) ->
         )
 
 
-class Publisher:
+class LayerSender:
     """One background event loop per process that sends layer messages in order."""
 
     def __init__(self) -> None:
@@ -116,7 +150,10 @@ class Publisher:
                 loop = asyncio.new_event_loop()
                 self._loop, self._pid, self._unfinished = loop, os.getpid(), 0
                 thread = threading.Thread(
-                    target=self._run, args=(loop, ready), name="django_sse-publisher", daemon=True
+                    target=self._run,
+                    args=(loop, ready),
+                    name="django_sse-layer-sender",
+                    daemon=True,
                 )
                 thread.start()
                 ready.wait()
@@ -141,5 +178,5 @@ class Publisher:
         loop.run_until_complete(main())
 
 
-publisher = Publisher()
-atexit.register(publisher.flush, 5.0)
+layer_sender = LayerSender()
+atexit.register(layer_sender.flush, 5.0)
