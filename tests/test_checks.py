@@ -10,6 +10,7 @@ from django.core.checks import Error, Warning
 from django.test import override_settings
 
 from django_sse import checks
+from django_sse.checks import deployment
 from tests import settings as test_settings
 
 
@@ -268,7 +269,7 @@ def test_without_staticfiles_the_assets_must_be_in_static_root(tmp_path: Path) -
     apps = [a for a in test_settings.INSTALLED_APPS if a != "django.contrib.staticfiles"]
     with override_settings(INSTALLED_APPS=apps, STATIC_ROOT=str(tmp_path)):
         assert ids(checks.check_static_assets(None)) == ["django_sse.W008"]
-        for asset in checks.ASSETS:
+        for asset in deployment.ASSETS:
             (tmp_path / asset).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / asset).write_text("/* collected */")
         assert checks.check_static_assets(None) == []
