@@ -41,9 +41,9 @@ from django.utils.translation import get_language
 
 from django_sse.admission import Ticket
 from django_sse.auth import Access
-from django_sse.hub import Delivery
+from django_sse.inbox import EncodedEvent
 from django_sse.lifecycle import LIFECYCLE_TYPES, TERMINAL_TYPES
-from django_sse.queries import StoredEvent
+from django_sse.replay import StoredEvent
 from django_sse.sse import encode_event
 from django_sse.stream import JobStream
 
@@ -181,14 +181,14 @@ class FragmentStream(JobStream):
                 break
         return b"".join(parts)
 
-    async def encode_live(self, deliveries: list[Delivery]) -> bytes:
+    async def encode_live(self, items: list[EncodedEvent]) -> bytes:
         # drain() has done the bookkeeping (last_seq, sent, finished) for these.
-        events = [delivery.event for delivery in deliveries]
+        events = [item.event for item in items]
         html = await render_fragments(self.job_id, events, self.language)
         parts = [
             encode_fragment(event, text, partials=self.partials)
             for event, text in zip(events, html, strict=True)
         ]
-        if deliveries[-1].terminal:
+        if items[-1].terminal:
             parts.append(_end(events[-1]))
         return b"".join(parts)
