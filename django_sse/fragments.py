@@ -50,6 +50,8 @@ from django_sse.stream import JobStream
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
+    from django_sse.sink import Sink
+
 FORMATS = ("json", "html")
 END_EVENT = "end"
 # What htmx 4 sends with every request, its streams included (django-htmx's ``request.htmx``).
@@ -148,8 +150,10 @@ class FragmentStream(JobStream):
         resume_from: int,
         ticket: Ticket,
         checked_at: float | None = None,
+        *,
+        sink: Sink | None = None,
     ) -> None:
-        super().__init__(request, access, resume_from, ticket, checked_at)
+        super().__init__(request, access, resume_from, ticket, checked_at, sink=sink)
         self.language = get_language()
         # htmx 4's hx-sse (a fetch, with htmx's headers) rather than an EventSource.
         self.partials = request.headers.get(HTMX_REQUEST_HEADER) == "true"

@@ -40,6 +40,8 @@ from django_sse.streaming import EventStream
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
+    from django_sse.sink import Sink
+
 logger = logging.getLogger("django_sse")
 
 
@@ -69,8 +71,10 @@ class SessionStream(EventStream):
         resume: ResumePoint | None,
         ticket: Ticket,
         checked_at: float | None = None,
+        *,
+        sink: Sink | None = None,
     ) -> None:
-        super().__init__(request, identity, ticket, checked_at)
+        super().__init__(request, identity, ticket, checked_at, sink=sink)
         self.only = only
         self.resume = resume
         self.jobs: dict[uuid.UUID, _Tracked] = {}

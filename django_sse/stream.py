@@ -46,8 +46,10 @@ class JobStream(EventStream):
         resume_from: int,
         ticket: Ticket,
         checked_at: float | None = None,
+        *,
+        sink: Sink | None = None,
     ) -> None:
-        super().__init__(request, access.identity, ticket, checked_at)
+        super().__init__(request, access.identity, ticket, checked_at, sink=sink)
         # The job's id, not its model instance: thousands of these may be open per process.
         self.job_id: uuid.UUID = access.job.pk
         self.last_seq = resume_from

@@ -39,6 +39,7 @@ from django_sse.fragments import FORMATS, HTMX_REQUEST_HEADER, FragmentStream, e
 from django_sse.identity import Identity
 from django_sse.resume import InvalidResumePoint, ResumePoint, decode_resume_point
 from django_sse.session_stream import SessionStream, parse_only
+from django_sse.sink import request_sink
 from django_sse.sse import encode_retry
 from django_sse.stream import JobStream
 from django_sse.validation import parse_resume_id
@@ -200,10 +201,14 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     ticket = _admit(access.identity, f"job={job_uuid}")
     if isinstance(ticket, HttpResponse):
         return _allow_origin(request, ticket)
+    # Behind DirectWriteMiddleware, the client's end of the connection (the stream's bounds).
+    sink = request_sink(request)
     if output == "html":
-        stream = FragmentStream(request, access, resume, ticket, checked_at)
-        return _html_response(_stream(request, stream.body()))
-    return _stream(request, JobStream(request, access, resume, ticket, checked_at).body())
+        html = FragmentStream(request, access, resume, ticket, checked_at, sink=sink)
+        return _html_response(_stream(request, html.body()))
+    return _stream(
+        request, JobStream(request, access, resume, ticket, checked_at, sink=sink).body()
+    )
 
 
 def _html_response(response: HttpResponseBase) -> HttpResponseBase:
@@ -290,7 +295,8 @@ async def session_events(request: HttpRequest) -> HttpResponseBase:
     ticket = _admit(identity, "all jobs")
     if isinstance(ticket, HttpResponse):
         return _allow_origin(request, ticket)
-    stream = SessionStream(request, identity, only, resume, ticket, checked_at)
+    sink = request_sink(request)
+    stream = SessionStream(request, identity, only, resume, ticket, checked_at, sink=sink)
     return _stream(request, stream.body())
 
 

@@ -16,8 +16,8 @@ from django.core.signals import request_finished
 from django.http import HttpRequest, StreamingHttpResponse
 from django.test import override_settings
 
-from django_sse.asgi import DirectWriteMiddleware, Message, Sink
-from django_sse.asgi import serve as serve_detached
+from django_sse.asgi import DirectWriteMiddleware
+from django_sse.detach import serve as serve_detached
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, Guard, StreamClosed
 from django_sse.feed import Subscriber
@@ -25,6 +25,7 @@ from django_sse.hub import get_hub
 from django_sse.inbox import Inbox
 from django_sse.models import Job
 from django_sse.servers import Connection
+from django_sse.sink import Message, Sink
 from django_sse.stream import JobStream
 from django_sse.wakeup import Wakeup
 from tests.test_hub import message, subscribe
