@@ -23,11 +23,11 @@ from django_sse.conf import conf
 from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, StreamClosed
+from django_sse.fastpaths.ssetext import encode_stored_events
 from django_sse.hub import Hub, get_hub
 from django_sse.inbox import EncodedEvent, Inbox
-from django_sse.lifecycle import EVENT_TYPE_RE, TERMINAL_TYPES
+from django_sse.lifecycle import TERMINAL_TYPES
 from django_sse.replay import FIRST_PAGE_EVENTS, Page, StoredEvent, fetch_page, next_page_limit
-from django_sse.sse import encode_event
 from django_sse.streaming import EventStream
 
 if TYPE_CHECKING:
@@ -94,30 +94,22 @@ class JobStream(EventStream):
         return b"".join(item.chunk for item in items)
 
     def _encode(self, events: list[StoredEvent]) -> bytes:
-        """Stored events after ``last_seq`` as one chunk (a replay runs through here: keep it
-        lean)."""
-        parts: list[str] = []
-        plain_types: set[str] = set()  # types known to need no check
-        last_seq = self.last_seq
-        sent = 0
-        for seq, type_, data in events:
-            if seq <= last_seq:
+        """Stored events after ``last_seq`` (up to the job's last) as one chunk."""
+        selected: list[StoredEvent] = []
+        last_seq, finished = self.last_seq, False
+        for event in events:
+            if event.seq <= last_seq:
                 continue
-            if type_ not in plain_types and EVENT_TYPE_RE.match(type_):
-                plain_types.add(type_)
-            if type_ in plain_types and "\n" not in data and "\r" not in data:
-                # What encode_event() makes of it (JSON text is always one line).
-                parts.append(f"id: {seq}\nevent: {type_}\ndata: {data}\n\n")
-            else:
-                parts.append(encode_event(data, event=type_, id=seq).decode("utf-8"))
-            last_seq = seq
-            sent += 1
-            if type_ in TERMINAL_TYPES:
-                self.finished = True
+            selected.append(event)
+            last_seq = event.seq
+            if event.type in TERMINAL_TYPES:
+                finished = True
                 break
+        chunk = encode_stored_events(selected)
         self.last_seq = last_seq
-        self.sent += sent
-        return "".join(parts).encode("utf-8")
+        self.sent += len(selected)
+        self.finished = self.finished or finished
+        return chunk
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -37,8 +37,8 @@ from django_sse.admission import Ticket
 from django_sse.conf import conf
 from django_sse.detach import DETACH, Body
 from django_sse.ending import CloseReason, Guard, StreamClosed
+from django_sse.fastpaths.asgiref_threads import release_request_thread
 from django_sse.sse import HEARTBEAT, encode_retry
-from django_sse.threads import release_request_thread
 from django_sse.wakeup import Wakeup
 
 if TYPE_CHECKING:

@@ -56,14 +56,16 @@ def select_page_rows(
     size = _data_size_sql(connection.vendor, "page.data")
     sql = (
         "SELECT seq, type, data, total, running FROM ("
-        f"SELECT seq, type, data, size, SUM(size) OVER (ORDER BY seq) AS running, "
-        "COUNT(*) OVER () AS total FROM ("
+        f"SELECT seq, type, data, SUM(size) OVER (ORDER BY seq) AS running, "
+        "ROW_NUMBER() OVER (ORDER BY seq) AS position, COUNT(*) OVER () AS total FROM ("
         f"SELECT seq, type, data, {size} AS size FROM ("
         f"SELECT {seq} AS seq, {type_} AS type, {text} AS data "
         f"FROM {qn(JobEvent._meta.db_table)} WHERE {qn(job)} = %s AND {seq} > %s"
         + ("" if upto is None else f" AND {seq} <= %s")
         + f" ORDER BY {seq} LIMIT %s) page) sized) summed "
-        "WHERE running <= %s OR running = size ORDER BY seq"
+        # The first row whatever its size (``running = size`` would also take a second row
+        # after events without data).
+        "WHERE running <= %s OR position = 1 ORDER BY seq"
     )
     params: list[Any] = [job_field.get_db_prep_value(job_id, connection), after]
     if upto is not None:
