@@ -9,7 +9,7 @@ server's ``send``: no task wakes up and Django's response loop is not involved.
 The writer only writes when nothing can go wrong by doing so at once: the event is the next
 one, no earlier write is still in flight, the server is taking data for this client, the
 stream's authorization is fresh (``ending.Guard``) and, on a server that does not say whether
-its client reads, the stream's byte budget allows it. Otherwise it declines, the hub puts the
+its client reads, the stream's byte budget allows it. Otherwise it declines, puts the
 event in the stream's inbox (bounded in bytes, ``inbox.Inbox``), and the stream's own task
 takes over: it first settles the write in flight (within ``SEND_TIMEOUT_SECONDS``, see
 ``sink.Sink.wait``), so the order of the chunks on the wire is always the order of the events.
@@ -83,6 +83,9 @@ class DirectWriter:
         False: not handled; the stream's task takes over."""
         if seq <= self.last_seq:
             return True  # already sent (read from the database during the replay)
+        # Only the next event: the hub hands them out in order (feed.py), so anything else is
+        # a hole the database itself has. A chunk written here cannot be taken back: the
+        # stream's task, not the hub's, sends whatever needs a decision.
         if (
             seq != self.last_seq + 1
             or self.inflight is not None
