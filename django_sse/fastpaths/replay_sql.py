@@ -6,8 +6,8 @@ decodes every ``data`` value only for ``replay`` to encode it again. This one as
 running sum over the page (a window function) keeps a page of large events from ever reaching
 this process whole, and the rows come back as the text the stream sends.
 
-What it relies on that Django does not promise (checked on Django 5.2 and 6.0, psycopg 3,
-psycopg2 and sqlite3):
+What it relies on that Django does not promise (checked on Django 5.2.19 with psycopg 3.3 and
+sqlite3; the test matrix also runs Django 6.0):
 
 - the drivers return a ``JSONField`` column cast to text (PostgreSQL: ``::text``) or stored as
   text (SQLite) as that text, without the ORM's ``from_db_value``;
