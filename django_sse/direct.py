@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine, Generator
-from typing import Any
 
 from django_sse.ending import Guard, StreamClosed
+from django_sse.fastpaths.eager_send import start_send
 from django_sse.inbox import EncodedEvent, Inbox
 from django_sse.sink import Sink, body_message
 
@@ -153,49 +152,3 @@ class DirectWriter:
         if self.inflight is not None:
             self.inflight.cancel()
             self.inflight = None
-
-
-class _SuspendedSend:
-    """The rest of a server's ``send`` that ``start_send`` started by hand and that is suspended
-    on ``waiting``: awaiting it (in a task) drives the coroutine on to its end, as if it had
-    been awaited from the start."""
-
-    __slots__ = ("coro", "waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        self.coro = coro
-        self.waiting = waiting
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, value = self.coro, self.waiting
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # handed to the coroutine
-                try:
-                    value = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration:
-                    return
-
-
-def start_send(awaitable: Awaitable[None]) -> asyncio.Future[None] | None:
-    """Run a server's ``send`` up to its first suspension: usually it never suspends (the bytes
-    went to the socket's buffer) and that is the whole write, with no task made for it. If it
-    does suspend (back-pressure), it finishes in a task, returned. Errors raised before the
-    first suspension are raised here."""
-    if not asyncio.iscoroutine(awaitable):
-        # Not a coroutine (a server's native awaitable, a future): awaited in a task.
-        return asyncio.ensure_future(awaitable)
-    try:
-        waiting = awaitable.send(None)
-    except StopIteration:
-        return None
-    return asyncio.ensure_future(_SuspendedSend(awaitable, waiting))

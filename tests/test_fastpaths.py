@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from typing import Any
@@ -16,6 +17,7 @@ from django_sse import publish
 from django_sse.database import primary
 from django_sse.fastpaths import asgiref_threads, replay_sql
 from django_sse.fastpaths.asgiref_threads import release_request_thread
+from django_sse.fastpaths.eager_send import start_send, start_send_plain
 from django_sse.fastpaths.jsoncodec import build_compact_dumps, json_text
 from django_sse.fastpaths.ssetext import encode_stored_events, encode_stored_events_plain
 from django_sse.jsontext import dump_data
@@ -221,3 +223,72 @@ async def test_without_asgirefs_internals_the_thread_is_kept(
 @pytest.mark.asyncio
 async def test_outside_a_request_nothing_is_released() -> None:
     assert await release_request_thread() is False
+
+
+# -- eager_send: a server's send started in the caller's task ----------------------------------
+
+
+class FakeSend:
+    """A server's ``send``: it may suspend a few times (back-pressure), and fail before or
+    after."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.closed: list[int] = []
+
+    async def __call__(self, body: int, suspensions: int, fails: str | None) -> None:
+        try:
+            if fails == "before":
+                raise OSError(f"{body} before")
+            for _ in range(suspensions):
+                await asyncio.sleep(0)
+            if fails == "after":
+                raise OSError(f"{body} after")
+            self.sent.append(body)
+        finally:
+            self.closed.append(body)
+
+
+SendPlan = list[tuple[int, str | None]]
+
+
+async def sent_through(start: Any, plan: SendPlan) -> tuple[list[int], list[int], list[str]]:
+    send = FakeSend()
+    errors: list[str] = []
+    for body, (suspensions, fails) in enumerate(plan):
+        try:
+            pending = start(send(body, suspensions, fails))
+            if pending is not None:
+                await pending
+        except OSError as exc:
+            errors.append(str(exc))
+    return send.sent, send.closed, errors
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([None, "before", "after"]))))
+@settings(max_examples=200, deadline=None)
+def test_a_send_started_at_once_sends_what_a_task_sends(plan: SendPlan) -> None:
+    assert asyncio.run(sent_through(start_send, plan)) == asyncio.run(
+        sent_through(start_send_plain, plan)
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_send_that_never_suspends_is_done_at_once_and_a_cancelled_one_is_closed() -> None:
+    send = FakeSend()
+    assert start_send(send(1, 0, None)) is None
+    assert send.sent == [1]
+    pending = start_send(send(2, 3, None))
+    assert pending is not None and send.sent == [1]
+    # Cancelled before its task ever ran: the coroutine started by hand is closed all the same.
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert send.sent == [1] and send.closed == [1, 2]
+    pending = start_send(send(3, 3, None))
+    assert pending is not None
+    await asyncio.sleep(0)  # its task has run a step
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert send.sent == [1] and send.closed == [1, 2, 3]
