@@ -211,3 +211,24 @@ async def test_poll_finds_events_no_message_announced(
     monkeypatch.setattr("django_sse.signals.push_event", lambda event: None)
     await sync_to_async(publish)(job, "from-elsewhere")
     assert await next_items(subscriber, 1) == [1]  # POLL_SECONDS is 0.2 in the tests
+
+
+@override_settings(DJANGO_SSE={"POLL_SECONDS": 60})
+async def test_a_subscriber_that_raises_misses_the_event_alone(
+    hub_cleanup: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        def deliver(self, item: EncodedEvent, now: float) -> None:
+            raise RuntimeError("a bug")
+
+    job = await Job.objects.acreate()
+    hub = get_hub()
+    before, broken = await subscribe(hub, job), Broken()
+    await hub.subscribe(job.pk, broken)
+    after = await subscribe(hub, job)
+    with caplog.at_level(logging.ERROR, "django_sse"):
+        hub.on_message(message(job, 1))
+    assert [item.event.seq for item in items(before)] == [1]
+    assert [item.event.seq for item in items(after)] == [1]
+    assert hub.feeds[job.pk].seq == 1
+    assert f"Handing event 1 of job {job.pk} out failed." in caplog.text
