@@ -21,12 +21,19 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, router
+from django.db.models import Model
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 THREAD_NAME = "django_sse-db_0"
+
+
+def primary(model: type[Model]) -> str:
+    """The database events are written to. Streams read there too: a lagging replica could
+    show event n + 1 without event n."""
+    return router.db_for_write(model)
 
 
 def close_connections() -> None:

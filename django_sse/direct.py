@@ -1,16 +1,16 @@
 """Writing live events straight to the server, for streams that are caught up.
 
 A ``DirectWriter`` belongs to one job stream whose request went through
-``django_sse.asgi.DirectWriteMiddleware``. While the
-stream waits for events, the hub hands it each new event of the job and the writer sends the
-chunk (encoded once by the hub) with the server's ``send``: no task wakes up and Django's
-response loop is not involved.
+``django_sse.asgi.DirectWriteMiddleware``. Once the stream leaves Django's response loop it
+subscribes the writer to the hub in place of its inbox (``feed.Subscriber``): while the stream
+waits for events, the writer sends each new event's chunk (encoded once by the hub) with the
+server's ``send``: no task wakes up and Django's response loop is not involved.
 
 The writer only writes when nothing can go wrong by doing so at once: the event is the next
 one, no earlier write is still in flight, the server is taking data for this client, the
 stream's authorization is fresh (``ending.Guard``) and, on a server that does not say whether
-its client reads, the stream's byte budget allows it. Otherwise it declines, the hub puts the
-event in the stream's inbox (bounded in bytes, ``hub.Subscriber``), and the stream's own task
+its client reads, the stream's byte budget allows it. Otherwise it declines, puts the
+event in the stream's inbox (bounded in bytes, ``inbox.Inbox``), and the stream's own task
 takes over: it first settles the write in flight (within ``SEND_TIMEOUT_SECONDS``, see
 ``sink.Sink.wait``), so the order of the chunks on the wire is always the order of the events.
 A stream whose client stops reading thus holds at most one chunk here.
@@ -19,10 +19,14 @@ A stream whose client stops reading thus holds at most one chunk here.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from django_sse.ending import Guard, StreamClosed
-from django_sse.sink import Sink, body_message, start_send
-from django_sse.wakeup import Wakeup
+from django_sse.fastpaths.eager_send import start_send
+from django_sse.inbox import EncodedEvent, Inbox
+from django_sse.sink import Sink, body_message
+
+logger = logging.getLogger("django_sse")
 
 
 class DirectWriter:
@@ -35,6 +39,7 @@ class DirectWriter:
         "error",
         "finished",
         "guard",
+        "inbox",
         "inflight",
         "last_seq",
         "sent",
@@ -42,9 +47,10 @@ class DirectWriter:
         "wakeup",
     )
 
-    def __init__(self, sink: Sink, wakeup: Wakeup, guard: Guard) -> None:
+    def __init__(self, sink: Sink, inbox: Inbox, guard: Guard) -> None:
         self.sink = sink
-        self.wakeup = wakeup  # the stream's: set when the stream's task must take over
+        self.inbox = inbox  # the stream's: what the writer does not write goes there
+        self.wakeup = inbox.wakeup  # set when the stream's task must take over
         self.guard = guard
         self.active = False  # the stream is waiting and caught up: the hub may write
         self.last_seq = 0
@@ -57,11 +63,28 @@ class DirectWriter:
         # nothing tells the stream whether its client reads (see streaming.py).
         self.allowance: int | None = None
 
+    def deliver(self, item: EncodedEvent, now: float) -> None:
+        """The hub's side: write the event now if it may go, else leave it in the inbox."""
+        if self.active:
+            try:
+                if self.write(item.event.seq, item.chunk, item.terminal, now):
+                    return
+            except Exception as exc:
+                # A bug, not a client gone (``write`` catches the server's errors): this stream
+                # ends (its browser resumes from what it got); the others go on.
+                logger.exception("Writing event %d to a stream failed.", item.event.seq)
+                self.fail(exc)
+                return
+        self.inbox.deliver(item, now)
+
     def write(self, seq: int, chunk: bytes, terminal: bool, now: float) -> bool:
         """Write event ``seq`` (its bytes: ``chunk``) if it is the next one and may go now.
         False: not handled; the stream's task takes over."""
         if seq <= self.last_seq:
             return True  # already sent (read from the database during the replay)
+        # Only the next event: the hub hands them out in order (feed.py), so anything else is
+        # a hole the database itself has. A chunk written here cannot be taken back: the
+        # stream's task, not the hub's, sends whatever needs a decision.
         if (
             seq != self.last_seq + 1
             or self.inflight is not None

@@ -1,5 +1,6 @@
-"""Finding the jobs a visitor started after their all-jobs stream opened, for every such stream
-of the process with one query.
+"""Finding a visitor's jobs for their all-jobs streams: those to follow when a stream opens
+(``find_jobs``), and those started after it opened, for every such stream of the process with
+one query.
 
 Each open ``SessionStream`` registers here under its visitor: a user id, or the hashes an
 anonymous session's jobs carry (``identity.py``). Every ``POLL_SECONDS`` one query asks for the
@@ -17,16 +18,17 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db.models import Q
 
 from django_sse.conf import conf
-from django_sse.database import run_in_db_thread
+from django_sse.database import primary, run_in_db_thread
+from django_sse.identity import Identity
 from django_sse.lifecycle import ACTIVE_STATUSES
-from django_sse.queries import primary
+from django_sse.models import Job
 from django_sse.resume import MARGIN_SECONDS
 
 if TYPE_CHECKING:
@@ -47,11 +49,46 @@ class JobRow(NamedTuple):
     last_seq: int
 
 
+def find_jobs(
+    identity: Identity,
+    only: frozenset[uuid.UUID] | None,
+    *,
+    created_since: float | None,
+    running: bool = False,
+    refs: Iterable[str] = (),
+) -> list[JobRow]:
+    """The visitor's jobs that were created (or finished) since a time, are still running, or
+    whose id starts with one of ``refs``. Runs on the stream database thread."""
+    jobs = Job.objects.db_manager(primary(Job))
+    if identity.user_id is not None:
+        jobs = jobs.filter(owner_id=identity.user_id)
+    else:
+        jobs = jobs.for_session_key(identity.session_key)
+    if only is not None:
+        jobs = jobs.filter(pk__in=only)
+    wanted = Q(pk__in=[])
+    if created_since is not None:
+        since = datetime.fromtimestamp(created_since, tz=timezone.utc)
+        wanted |= Q(created_at__gte=since) | Q(finished_at__gte=since)
+    if running:
+        wanted |= Q(status__in=ACTIVE_STATUSES)
+    for ref in refs:
+        # Every UUID that starts with these 8 hex digits.
+        low = uuid.UUID(ref + "0" * 24)
+        high = uuid.UUID(ref + "f" * 24)
+        wanted |= Q(pk__gte=low, pk__lte=high)
+    rows = jobs.filter(wanted).values_list(
+        "pk", "owner_id", "session_hash", "created_at", "status", "last_seq"
+    )
+    return [
+        JobRow(pk, owner, shash, created.timestamp(), status not in ACTIVE_STATUSES, last)
+        for pk, owner, shash, created, status, last in rows
+    ]
+
+
 def find_recent_jobs(owner_ids: list[Any], session_hashes: list[str], since: float) -> list[JobRow]:
     """Jobs of these users or anonymous sessions created or finished since ``since`` (a Unix
     time). Runs on the stream database thread."""
-    from django_sse.models import Job
-
     when = datetime.fromtimestamp(since, tz=timezone.utc)
     recent = Q(created_at__gte=when) | Q(finished_at__gte=when)
     jobs = Job.objects.db_manager(primary(Job))

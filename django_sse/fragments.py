@@ -41,14 +41,16 @@ from django.utils.translation import get_language
 
 from django_sse.admission import Ticket
 from django_sse.auth import Access
-from django_sse.hub import Delivery
+from django_sse.inbox import EncodedEvent
 from django_sse.lifecycle import LIFECYCLE_TYPES, TERMINAL_TYPES
-from django_sse.queries import StoredEvent
+from django_sse.replay import StoredEvent
 from django_sse.sse import encode_event
 from django_sse.stream import JobStream
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
+
+    from django_sse.sink import Sink
 
 FORMATS = ("json", "html")
 END_EVENT = "end"
@@ -148,8 +150,10 @@ class FragmentStream(JobStream):
         resume_from: int,
         ticket: Ticket,
         checked_at: float | None = None,
+        *,
+        sink: Sink | None = None,
     ) -> None:
-        super().__init__(request, access, resume_from, ticket, checked_at)
+        super().__init__(request, access, resume_from, ticket, checked_at, sink=sink)
         self.language = get_language()
         # htmx 4's hx-sse (a fetch, with htmx's headers) rather than an EventSource.
         self.partials = request.headers.get(HTMX_REQUEST_HEADER) == "true"
@@ -181,14 +185,14 @@ class FragmentStream(JobStream):
                 break
         return b"".join(parts)
 
-    async def encode_live(self, deliveries: list[Delivery]) -> bytes:
+    async def encode_live(self, items: list[EncodedEvent]) -> bytes:
         # drain() has done the bookkeeping (last_seq, sent, finished) for these.
-        events = [delivery.event for delivery in deliveries]
+        events = [item.event for item in items]
         html = await render_fragments(self.job_id, events, self.language)
         parts = [
             encode_fragment(event, text, partials=self.partials)
             for event, text in zip(events, html, strict=True)
         ]
-        if deliveries[-1].terminal:
+        if items[-1].terminal:
             parts.append(_end(events[-1]))
         return b"".join(parts)

@@ -3,13 +3,12 @@
 A server process runs one hub per event loop. The hub owns one layer channel, adds it to the
 group of each job that has at least one open stream here, and runs one ``receive()`` loop that is
 never cancelled while it runs (cancelling a pending receive loses messages on Redis layers). Each
-event is encoded to bytes once and handed to every local subscriber of its job.
+message goes to its job's ``feed.JobFeed``, which hands the event, encoded once, to every local
+subscriber of the job in order, exactly once (``feed.py`` says how). The hub does not know how
+a subscriber sends what it gets (``feed.Subscriber``).
 
-Layers drop messages (a full channel, a Redis outage) and the in-memory layer never sees events
-from other processes, so the hub keeps, per job, the highest ``seq`` it has dispatched: a message
-that skips ahead makes it read the missing events from the database first, and a database check
-every ``POLL_SECONDS`` finds events no message announced. Subscribers thus get every event of a
-job in order, exactly once, whatever the layer did.
+The layer is a fast path, the database the record: every ``POLL_SECONDS`` one query finds the
+events of all followed jobs that no message announced.
 """
 
 from __future__ import annotations
@@ -19,24 +18,19 @@ import contextvars
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Coroutine, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Coroutine
+from typing import Any
 
 from channels.layers import BaseChannelLayer
 
 from django_sse import metrics
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
-from django_sse.direct import DirectWriter
 from django_sse.discovery import Discovery
+from django_sse.event_message import message_shape, parse_event_message
+from django_sse.feed import JobFeed, Subscriber, catch_up, last_seq
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
-from django_sse.lifecycle import EVENT_TYPE_RE, TERMINAL_TYPES
 from django_sse.pushing import get_layer, register_hub_loop, unregister_hub_loop
-from django_sse.queries import StoredEvent, fetch_events, last_seq, last_seqs
-from django_sse.resume import MAX_SEQ
-from django_sse.sse import encode_event
-from django_sse.wakeup import Wakeup
 
 logger = logging.getLogger("django_sse")
 
@@ -46,154 +40,12 @@ GROUP_REFRESH_SECONDS = 600.0
 RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-class Delivery(NamedTuple):
-    """One event as handed to subscribers: encoded once for the single-job stream."""
-
-    event: StoredEvent
-    chunk: bytes
-    terminal: bool
-
-
-class InboxBudget:
-    """The bytes of live events one stream may hold before it reads them from the database
-    instead (shared by the subscribers of a stream that follows several jobs)."""
-
-    __slots__ = ("limit", "used")
-
-    def __init__(self, limit: int | None = None) -> None:
-        self.limit = conf.MAX_BUFFERED_BYTES // 4 if limit is None else limit
-        self.used = 0
-
-
-class Subscriber:
-    """One open stream's inbox for one job: ``Delivery`` items, in order.
-
-    The inbox is bounded in bytes: a stream that does not keep up (its client reads slowly, or
-    it is busy with a replay) would otherwise hold every event published meanwhile. Past its
-    budget the inbox is emptied and only remembers the newest ``seq`` (``behind``): the stream
-    reads everything up to it from the database, which is the record, when it gets to it.
-
-    Streams that follow several jobs share one ``wakeup`` and one budget among their
-    subscribers. A stream that can write to the server directly sets ``writer`` (see
-    ``direct.py``): while it is active, events go straight to the client instead.
-    """
-
-    __slots__ = ("behind", "budget", "items", "job_id", "queued", "wakeup", "writer")
-
-    def __init__(
-        self, job_id: uuid.UUID, wakeup: Wakeup | None = None, budget: InboxBudget | None = None
-    ) -> None:
-        self.job_id = job_id
-        # Made on the first delivery: a stream written to directly may never need it.
-        self.items: deque[Delivery] | None = None
-        self.queued = 0  # bytes in items
-        self.behind = 0  # > 0: read everything up to this seq from the database
-        self.wakeup = wakeup or Wakeup()
-        self.budget = budget or InboxBudget()
-        self.writer: DirectWriter | None = None
-
-    def deliver(self, item: Delivery) -> None:
-        if self.behind:
-            self.behind = item.event.seq
-        else:
-            size = len(item.chunk)
-            budget = self.budget
-            if budget.used + size > budget.limit:
-                self._overflow(item.event.seq)
-            else:
-                if self.items is None:
-                    self.items = deque()
-                self.items.append(item)
-                self.queued += size
-                budget.used += size
-        self.wakeup.set()
-
-    def _overflow(self, seq: int) -> None:
-        self.behind = seq
-        if self.items:
-            self.items.clear()
-        self.budget.used -= self.queued
-        self.queued = 0
-
-    def take(self) -> list[Delivery]:
-        """Every queued delivery, oldest first (their bytes leave the budget)."""
-        items = self.items
-        if not items:
-            return []
-        taken = list(items)
-        items.clear()
-        self.budget.used -= self.queued
-        self.queued = 0
-        return taken
-
-    def take_behind(self) -> int:
-        """The seq to read up to from the database (0: nothing to read)."""
-        behind, self.behind = self.behind, 0
-        return behind
-
-    @property
-    def pending(self) -> bool:
-        return bool(self.items) or bool(self.behind)
-
-
-class _Feed:
-    """Local state of one job: its subscribers and the newest ``seq`` dispatched to them."""
-
-    __slots__ = ("busy", "held", "ready", "seq", "subscribers")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.subscribers: set[Subscriber] = set()
-        self.seq: int | None = None  # None until the baseline is read
-        self.held: list[StoredEvent] = []  # arrived while the baseline or a backfill was pending
-        self.busy = False  # a backfill is running
-        self.ready: asyncio.Future[None] = loop.create_future()
-
-
-def _encode(event: StoredEvent) -> Delivery:
-    return Delivery(
-        event,
-        encode_event(event.data, event=event.type, id=event.seq),
-        event.type in TERMINAL_TYPES,
-    )
-
-
-def _parse_message(message: Any) -> tuple[uuid.UUID, StoredEvent] | None:
-    """The job and event of a layer message, or None if it is not one ``push_event`` makes."""
-    if not isinstance(message, dict):
-        return None
-    job, seq, type_, data = (message.get(key) for key in ("job", "seq", "event", "data"))
-    if not isinstance(job, str) or not isinstance(seq, int) or isinstance(seq, bool):
-        return None
-    if not (0 < seq <= MAX_SEQ) or not isinstance(type_, str) or not EVENT_TYPE_RE.match(type_):
-        return None
-    # Compact JSON text is one line; anything else would not be what the database holds.
-    if not isinstance(data, str) or "\n" in data or "\r" in data:
-        return None
-    if len(data) > 4 * conf.MAX_DATA_BYTES:
-        return None
-    try:
-        job_id = uuid.UUID(hex=job)
-    except ValueError:
-        return None
-    return job_id, StoredEvent(seq, type_, data)
-
-
-def _shape(message: Any) -> str:
-    """What a message looks like, for a log line: its keys and the types of their values."""
-    if not isinstance(message, dict):
-        return type(message).__name__
-    fields = ", ".join(
-        f"{str(key)[:40]!r}: {type(value).__name__}" for key, value in list(message.items())[:20]
-    )
-    return "{" + fields + "}"
-
-
 class Hub:
     """Receives every event of the jobs streamed in this process and fans them out."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.feeds: dict[uuid.UUID, _Feed] = {}
+        self.feeds: dict[uuid.UUID, JobFeed] = {}
         self.closed = False
         self._layer: BaseChannelLayer | None = get_layer()
         self._channel: str | None = None
@@ -208,63 +60,66 @@ class Hub:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(
-        self,
-        job_id: uuid.UUID,
-        wakeup: Wakeup | None = None,
-        budget: InboxBudget | None = None,
-    ) -> Subscriber:
-        """Start receiving ``job_id``'s events. Every event committed after this returns is
-        delivered; anything older is in the database for the caller's replay."""
+    async def subscribe(self, job_id: uuid.UUID, subscriber: Subscriber) -> None:
+        """Start handing ``job_id``'s events to ``subscriber``. Every event committed after this
+        returns is handed to it; anything older is in the database for the caller's replay."""
         self._start()
-        subscriber = Subscriber(job_id, wakeup, budget)
         feed = self.feeds.get(job_id)
         if feed is None:
-            feed = self.feeds[job_id] = _Feed(self.loop)
+            feed = self.feeds[job_id] = JobFeed(job_id, self.loop, self._spawn)
             # In a task of the hub, not of this stream: a client leaving halfway must not
             # cancel it for the other streams of the job waiting on it.
-            self._spawn(self._establish(job_id, feed))
+            self._spawn(self._establish(feed))
         feed.subscribers.add(subscriber)
         try:
             await asyncio.shield(feed.ready)
         except BaseException:
-            self.unsubscribe(subscriber)
+            self.unsubscribe(job_id, subscriber)
             raise
-        return subscriber
 
-    async def _establish(self, job_id: uuid.UUID, feed: _Feed) -> None:
+    def replace(self, job_id: uuid.UUID, old: Subscriber, new: Subscriber) -> None:
+        """Hand ``job_id``'s events to ``new`` instead of ``old`` from now on (a stream that
+        starts writing to the server itself)."""
+        feed = self.feeds.get(job_id)
+        if feed is not None and old in feed.subscribers:
+            feed.subscribers.discard(old)
+            feed.subscribers.add(new)
+
+    async def _establish(self, feed: JobFeed) -> None:
+        job_id = feed.job_id
         try:
             await self._group_add(job_id)
             # Read after joining the group: anything newer arrives as a message or is found by
             # the poll, anything older is in the database.
             feed.seq = await run_in_db_thread(last_seq, job_id)
         except BaseException as exc:
-            self._drop_feed(job_id, feed)
+            self._drop_feed(feed)
             feed.ready.set_exception(exc)
             feed.ready.exception()  # retrieved here; every waiting subscriber re-raises it
             if not isinstance(exc, Exception):
                 raise
             return
         feed.ready.set_result(None)
-        if self.feeds.get(job_id) is not feed:
+        if feed.closed:
             # Every subscriber left while the group was being joined.
             self._drop_feed_membership(job_id)
             return
-        self._release_held(job_id, feed)
+        feed.release_held()
 
-    def unsubscribe(self, subscriber: Subscriber) -> None:
-        """Stop delivering to ``subscriber``; leaves the job's group when it was the last one."""
-        feed = self.feeds.get(subscriber.job_id)
+    def unsubscribe(self, job_id: uuid.UUID, subscriber: Subscriber) -> None:
+        """Stop handing events to ``subscriber``; leaves the job's group when it was the last."""
+        feed = self.feeds.get(job_id)
         if feed is None:
             return
         feed.subscribers.discard(subscriber)
         if not feed.subscribers:
-            self._drop_feed(subscriber.job_id, feed)
+            self._drop_feed(feed)
 
-    def _drop_feed(self, job_id: uuid.UUID, feed: _Feed) -> None:
-        if self.feeds.get(job_id) is feed:
-            del self.feeds[job_id]
-            self._drop_feed_membership(job_id)
+    def _drop_feed(self, feed: JobFeed) -> None:
+        feed.closed = True
+        if self.feeds.get(feed.job_id) is feed:
+            del self.feeds[feed.job_id]
+            self._drop_feed_membership(feed.job_id)
 
     def _drop_feed_membership(self, job_id: uuid.UUID) -> None:
         if self._layer is not None and self._channel is not None and not self.closed:
@@ -276,92 +131,14 @@ class Hub:
         """A layer message for one of our groups. Anything malformed is dropped (the event, if
         it exists, is read from the database by the poll) and logged by its shape, never its
         data."""
-        event = _parse_message(message)
+        event = parse_event_message(message)
         if event is None:
-            logger.warning("Ignored a malformed channel-layer message: %s", _shape(message))
+            logger.warning("Ignored a malformed channel-layer message: %s", message_shape(message))
             return
         job_id, stored = event
         feed = self.feeds.get(job_id)
         if feed is not None:
-            self._offer(job_id, feed, [stored])
-
-    def _offer(self, job_id: uuid.UUID, feed: _Feed, events: Iterable[StoredEvent]) -> None:
-        if feed.seq is None or feed.busy:
-            feed.held.extend(events)
-            return
-        ordered = sorted(events)
-        for index, event in enumerate(ordered):
-            if event.seq <= feed.seq:
-                continue  # already dispatched
-            if event.seq > feed.seq + 1:
-                # Something in between was dropped: read it from the database first.
-                feed.held.extend(ordered[index:])
-                self._start_backfill(job_id, feed, upto=event.seq)
-                return
-            self._dispatch(feed, event)
-
-    def _dispatch(self, feed: _Feed, event: StoredEvent) -> None:
-        item = _encode(event)
-        seq, chunk, terminal = event.seq, item.chunk, item.terminal
-        now = self.loop.time()
-        # A copy: a write runs the server's code, which must not be able to change the set
-        # under the loop.
-        for subscriber in tuple(feed.subscribers):
-            writer = subscriber.writer
-            if writer is not None and writer.active:
-                try:
-                    if writer.write(seq, chunk, terminal, now):
-                        continue
-                except Exception as exc:
-                    # A bug, not a client gone (the writer catches the server's errors): this
-                    # stream ends (its browser resumes from what it got); the others go on.
-                    logger.exception("Writing event %d to a stream failed.", seq)
-                    writer.fail(exc)
-                    continue
-            subscriber.deliver(item)
-        feed.seq = seq
-
-    def _release_held(self, job_id: uuid.UUID, feed: _Feed) -> None:
-        held, feed.held = feed.held, []
-        if held:
-            self._offer(job_id, feed, held)
-
-    def _start_backfill(self, job_id: uuid.UUID, feed: _Feed, upto: int) -> None:
-        feed.busy = True
-        self._spawn(self._backfill(job_id, feed, upto))
-
-    async def _backfill(self, job_id: uuid.UUID, feed: _Feed, upto: int) -> None:
-        ok = False
-        try:
-            while feed.seq is not None and feed.seq < upto and self.feeds.get(job_id) is feed:
-                events = await run_in_db_thread(
-                    fetch_events, job_id, feed.seq, upto=upto, limit=conf.REPLAY_PAGE_SIZE
-                )
-                if not events:
-                    # The database does not have what a message announced (yet): the held
-                    # events wait for the next poll instead of asking again at once.
-                    return
-                metrics.gap_filled(len(events))
-                for event in events:
-                    if event.seq <= feed.seq:
-                        continue
-                    if event.seq > feed.seq + 1:
-                        # Later events are committed, so these never will be (deleted by hand?).
-                        logger.warning(
-                            "Events %d to %d of job %s are missing from the database.",
-                            feed.seq + 1,
-                            event.seq - 1,
-                            job_id,
-                        )
-                    self._dispatch(feed, event)
-            ok = True
-        except Exception as exc:
-            logger.warning("Could not read events of job %s from the database: %r", job_id, exc)
-        finally:
-            feed.busy = False
-        # After a failure the held events wait for the next poll rather than retrying at once.
-        if ok:
-            self._release_held(job_id, feed)
+            feed.offer([stored])
 
     # -- background tasks ------------------------------------------------------------------
 
@@ -469,15 +246,9 @@ class Hub:
                 if refresh:
                     next_refresh = time.monotonic() + GROUP_REFRESH_SECONDS
                 await self._regroup()
-            ready = {
-                job_id: feed
-                for job_id, feed in self.feeds.items()
-                if feed.seq is not None and not feed.busy
-            }
-            if not ready:
-                continue
             try:
-                latest = await run_in_db_thread(last_seqs, list(ready))
+                if not await catch_up(list(self.feeds.values())):
+                    continue
             except Exception as exc:
                 if not failing:
                     logger.warning("Checking for new events in the database failed: %r", exc)
@@ -486,19 +257,13 @@ class Hub:
             if failing:
                 logger.info("Checking for new events in the database works again.")
                 failing = False
-            for job_id, seq in latest.items():
-                feed = ready[job_id]
-                if self.feeds.get(job_id) is feed and feed.seq is not None and not feed.busy:
-                    if seq > feed.seq:
-                        self._start_backfill(job_id, feed, upto=seq)
-                    elif feed.held:
-                        self._release_held(job_id, feed)
 
     async def aclose(self) -> None:
         """Stop the hub's tasks and leave every group (used at shutdown and in tests)."""
         self.closed = True
         if _hubs.get(self.loop) is self:
             del _hubs[self.loop]
+            unregister_hub_loop(self.loop)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -509,6 +274,8 @@ class Hub:
                     await self._layer.group_discard(job_group(job_id), self._channel)
                 except Exception as exc:
                     logger.warning("Could not leave the group of job %s: %r", job_id, exc)
+        for feed in self.feeds.values():
+            feed.closed = True
         self.feeds.clear()
 
 
@@ -527,8 +294,6 @@ def get_hub() -> Hub:
 
 async def close_hub() -> None:
     """Close the running loop's hub, if any."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
+    hub = _hubs.get(asyncio.get_running_loop())
     if hub is not None:
-        unregister_hub_loop(loop)
         await hub.aclose()

@@ -1,5 +1,9 @@
-"""The resume point of the stream of all of a session's jobs, carried in each event's id.
+"""Resume points: where a reconnecting browser's stream takes up, read from its ``Last-Event-ID``.
 
+A job's stream sends each event's ``seq`` as its id, so its resume point is that number
+(``decode_job_resume_point``).
+
+The stream of all of a session's jobs carries a resume point of its own in each event's id.
 A single global counter is no resume point: PostgreSQL may commit the event numbered 101 before
 the one numbered 100, and a reader that resumes "after 101" loses 100. Per-job ``seq`` numbers
 have no such hole (they are allocated under the job's row lock), so the id carries the position
@@ -63,6 +67,20 @@ class InvalidResumePoint(ValueError):
 
 # The largest seq a database column can hold (a 64-bit signed integer).
 MAX_SEQ = 2**63 - 1
+# A job stream's resume point longer than this is not one we ever sent (seq is a 64-bit integer).
+MAX_SEQ_DIGITS = 19
+
+
+def decode_job_resume_point(raw: str | None) -> int:
+    """The ``seq`` in a job stream's ``Last-Event-ID`` (0 for none): a plain non-negative
+    integer of sane length, surrounding whitespace aside. Raises ``InvalidResumePoint`` for
+    anything else (an empty value included)."""
+    if raw is None:
+        return 0
+    value = raw.strip()
+    if not value or len(value) > MAX_SEQ_DIGITS or not value.isascii() or not value.isdigit():
+        raise InvalidResumePoint("not an event number")
+    return int(value)
 
 
 def decode_resume_point(raw: str | None, now: float | None = None) -> ResumePoint | None:

@@ -19,28 +19,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING
-
-from django.db.models import Q
 
 from django_sse.admission import Ticket
 from django_sse.auth import same_identity
 from django_sse.conf import conf
 from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
-from django_sse.discovery import JobRow
-from django_sse.hub import Hub, InboxBudget, Subscriber, get_hub
+from django_sse.discovery import JobRow, find_jobs
+from django_sse.hub import Hub, get_hub
 from django_sse.identity import Identity, session_hashes
-from django_sse.lifecycle import ACTIVE_STATUSES, TERMINAL_TYPES
-from django_sse.queries import (
-    FIRST_PAGE_EVENTS,
-    StoredEvent,
-    fetch_page,
-    next_page_limit,
-    primary,
-)
+from django_sse.inbox import Inbox, InboxBudget
+from django_sse.lifecycle import TERMINAL_TYPES
+from django_sse.replay import FIRST_PAGE_EVENTS, StoredEvent, fetch_page, next_page_limit
 from django_sse.resume import MARGIN_SECONDS, ResumePoint, encode_resume_point, job_ref
 from django_sse.sse import encode_event
 from django_sse.streaming import EventStream
@@ -48,56 +40,21 @@ from django_sse.streaming import EventStream
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
+    from django_sse.sink import Sink
+
 logger = logging.getLogger("django_sse")
 
 
-def find_jobs(
-    identity: Identity,
-    only: frozenset[uuid.UUID] | None,
-    *,
-    created_since: float | None,
-    running: bool = False,
-    refs: Iterable[str] = (),
-) -> list[JobRow]:
-    """The visitor's jobs that were created (or finished) since a time, are still running, or
-    whose id starts with one of ``refs``. Runs on the stream database thread."""
-    from django_sse.models import Job
-
-    jobs = Job.objects.db_manager(primary(Job))
-    if identity.user_id is not None:
-        jobs = jobs.filter(owner_id=identity.user_id)
-    else:
-        jobs = jobs.for_session_key(identity.session_key)
-    if only is not None:
-        jobs = jobs.filter(pk__in=only)
-    wanted = Q(pk__in=[])
-    if created_since is not None:
-        since = datetime.fromtimestamp(created_since, tz=timezone.utc)
-        wanted |= Q(created_at__gte=since) | Q(finished_at__gte=since)
-    if running:
-        wanted |= Q(status__in=ACTIVE_STATUSES)
-    for ref in refs:
-        # Every UUID that starts with these 8 hex digits.
-        low = uuid.UUID(ref + "0" * 24)
-        high = uuid.UUID(ref + "f" * 24)
-        wanted |= Q(pk__gte=low, pk__lte=high)
-    rows = jobs.filter(wanted).values_list(
-        "pk", "owner_id", "session_hash", "created_at", "status", "last_seq"
-    )
-    return [
-        JobRow(pk, owner, shash, created.timestamp(), status not in ACTIVE_STATUSES, last)
-        for pk, owner, shash, created, status, last in rows
-    ]
-
-
 class _Tracked:
-    __slots__ = ("created", "finished", "seq", "subscriber")
+    """One job the stream follows: its cursor (the last ``seq`` sent) and its inbox."""
+
+    __slots__ = ("created", "finished", "inbox", "seq")
 
     def __init__(self, created: float, seq: int) -> None:
         self.created = created
         self.seq = seq
         self.finished = False
-        self.subscriber: Subscriber | None = None
+        self.inbox: Inbox | None = None  # None: not subscribed (finished)
 
 
 class SessionStream(EventStream):
@@ -114,8 +71,10 @@ class SessionStream(EventStream):
         resume: ResumePoint | None,
         ticket: Ticket,
         checked_at: float | None = None,
+        *,
+        sink: Sink | None = None,
     ) -> None:
-        super().__init__(request, identity, ticket, checked_at)
+        super().__init__(request, identity, ticket, checked_at, sink=sink)
         self.only = only
         self.resume = resume
         self.jobs: dict[uuid.UUID, _Tracked] = {}
@@ -207,7 +166,9 @@ class SessionStream(EventStream):
         tracked.finished = row.finished and seq >= row.last_seq
         if not row.finished:
             hub = self.hub or get_hub()
-            tracked.subscriber = await hub.subscribe(row.pk, self.wakeup, self.inbox_budget)
+            inbox = Inbox(self.wakeup, self.inbox_budget)
+            await hub.subscribe(row.pk, inbox)
+            tracked.inbox = inbox
 
     def _starting_seq(self, row: JobRow, refs: list[str]) -> int | None:
         """Where a job found by the first look starts: after what the browser has, or at the
@@ -283,42 +244,35 @@ class SessionStream(EventStream):
             self.found.pop(0)
         self.horizon = max(self.horizon, self.found_at)
         for job_id, tracked in list(self.jobs.items()):
-            subscriber = tracked.subscriber
-            if subscriber is None:
+            inbox = tracked.inbox
+            if inbox is None:
                 continue
-            behind = subscriber.take_behind()
+            behind = inbox.take_behind()
             if behind > tracked.seq:
                 # The inbox overflowed: what it dropped is in the database.
                 async with aclosing(self._read(job_id, upto=behind)) as chunks:
                     async for chunk in chunks:
                         yield chunk
             parts: list[bytes] = []
-            for delivery in subscriber.take():
-                event = delivery.event
-                if tracked.finished or event.seq <= tracked.seq:
-                    continue
-                if event.seq > tracked.seq + 1:
-                    if parts:
-                        yield b"".join(parts)
-                        parts = []
-                    async with aclosing(self._read(job_id, upto=event.seq - 1)) as chunks:
-                        async for chunk in chunks:
-                            yield chunk
-                parts.append(self._encode(job_id, event))
+            for item in inbox.take():
+                # Skipped: what the replay read from the database first (the hub hands out the
+                # rest in order, exactly once, see stream.py).
+                if not tracked.finished and item.event.seq > tracked.seq:
+                    parts.append(self._encode(job_id, item.event))
             if parts:
                 yield b"".join(parts)
             if tracked.finished:
-                (self.hub or get_hub()).unsubscribe(subscriber)
-                tracked.subscriber = None
+                (self.hub or get_hub()).unsubscribe(job_id, inbox)
+                tracked.inbox = None
 
     def cleanup(self) -> None:
         hub = self.hub
         if hub is None:
             return
         hub.discovery.remove(self)
-        for tracked in self.jobs.values():
-            if tracked.subscriber is not None:
-                hub.unsubscribe(tracked.subscriber)
+        for job_id, tracked in self.jobs.items():
+            if tracked.inbox is not None:
+                hub.unsubscribe(job_id, tracked.inbox)
 
 
 def parse_only(raw: str | None) -> frozenset[uuid.UUID] | None:

@@ -11,7 +11,7 @@ writes all send through it. That makes it the one place where a stream's bounds 
   connection is dropped (the browser resumes from its last id: the database is the record).
 - **No chunk after a revocation.** While a send waits, the stream's authorization deadline
   (``ending.Guard``) still falls due: the session is checked again, and a revoked stream drops
-  its connection instead of waiting on.
+  its connection instead of waiting on (``watchdog.py`` bounds each wait).
 - **Dead peers.** The socket gets ``TCP_USER_TIMEOUT`` = ``HEARTBEAT_SECONDS``, so the kernel
   drops a client that stopped acknowledging (a closed laptop) within about two heartbeats.
 
@@ -24,14 +24,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from django.db import DatabaseError
+from django.http import HttpRequest
 
 from django_sse.conf import conf
 from django_sse.ending import CloseReason, StreamClosed
 from django_sse.servers import Connection, connection_of
+from django_sse.watchdog import SendWatchdog
 
 if TYPE_CHECKING:
     from django_sse.ending import Guard
@@ -43,53 +44,22 @@ Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
 
 
+# The scope key under which the middleware hands a request's sink to the views.
+SINK_SCOPE_KEY = "django_sse.sink"
+# How long an application that dropped its connection waits for the server to notice.
+ABORT_GRACE_SECONDS = 1.0
+
+
+def request_sink(request: HttpRequest) -> Sink | None:
+    """The sink of a request served through ``DirectWriteMiddleware``, if it was."""
+    scope = getattr(request, "scope", None)
+    sink = scope.get(SINK_SCOPE_KEY) if isinstance(scope, dict) else None
+    return sink if isinstance(sink, Sink) else None
+
+
 def body_message(chunk: bytes) -> Message:
     """The ASGI message of one body chunk of a stream."""
     return {"type": "http.response.body", "body": chunk, "more_body": True}
-
-
-class _Resume:
-    """Await a coroutine that was started by hand and is suspended on ``waiting``."""
-
-    __slots__ = ("coro", "waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        self.coro = coro
-        self.waiting = waiting
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, value = self.coro, self.waiting
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # handed to the coroutine
-                try:
-                    value = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration:
-                    return
-
-
-def start_send(awaitable: Awaitable[None]) -> asyncio.Future[None] | None:
-    """Run a server's ``send`` up to its first suspension: usually it never suspends (the bytes
-    went to the socket's buffer) and that is the whole write, with no task made for it. If it
-    does suspend (back-pressure), it finishes in a task, returned. Errors raised before the
-    first suspension are raised here."""
-    if not asyncio.iscoroutine(awaitable):
-        # Not a coroutine (a server's native awaitable, a future): awaited in a task.
-        return asyncio.ensure_future(awaitable)
-    try:
-        waiting = awaitable.send(None)
-    except StopIteration:
-        return None
-    return asyncio.ensure_future(_Resume(awaitable, waiting))
 
 
 class Sink:
@@ -173,6 +143,18 @@ class Sink:
             self.disconnected = True
         return message
 
+    async def until_disconnected(self) -> None:
+        """After an abort, let the server see its connection gone before the application
+        returns: a server that finds the application done first logs an unfinished response as
+        an error (uvicorn: asyncio calls ``connection_lost()`` a turn of the loop after an
+        abort)."""
+        with contextlib.suppress(Exception):  # a timeout, or a failing receive: nobody to tell
+            await asyncio.wait_for(self._receive_until_disconnect(), ABORT_GRACE_SECONDS)
+
+    async def _receive_until_disconnect(self) -> None:
+        while not self.disconnected:
+            await self.receive()
+
     async def send(self, message: Message) -> None:
         """What Django (and ASGI middleware around it) sends through."""
         if self.ended is not None:
@@ -217,7 +199,7 @@ class Sink:
         ASGI middleware around ours may tie its ``send`` to the task's context."""
         if self.ended is not None:
             raise StreamClosed(self.ended)
-        async with _Watchdog(self):
+        async with SendWatchdog(self):
             connection = self.connection
             if connection is not None:
                 writable = connection.writable()
@@ -231,85 +213,8 @@ class Sink:
         if self.ended is not None:
             raise StreamClosed(self.ended)
         try:
-            async with _Watchdog(self):
+            async with SendWatchdog(self):
                 await asyncio.shield(pending)
         finally:
             if not pending.done():
                 pending.cancel()
-
-
-class _Watchdog:
-    """Bounds one wait of a stream's task on its client: at ``SEND_TIMEOUT_SECONDS`` it gives
-    up, and at the authorization deadline it has the session checked again meanwhile (a
-    revoked session gives up too). Giving up drops the connection, which ends the wait (the
-    server's ``send`` returns, Daphne's producer is stopped); where nothing can be dropped (a
-    server we do not know) the waiting task is cancelled instead. Either way the wait raises
-    ``StreamClosed``."""
-
-    __slots__ = ("cancelled", "check", "give_up", "handle", "loop", "sink", "task")
-
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
-        self.loop = asyncio.get_running_loop()
-        self.give_up = self.loop.time() + conf.SEND_TIMEOUT_SECONDS
-        self.task = asyncio.current_task()
-        self.handle: asyncio.TimerHandle | None = None
-        self.check: asyncio.Task[None] | None = None
-        self.cancelled = False
-
-    async def __aenter__(self) -> _Watchdog:
-        self._arm()
-        return self
-
-    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
-        if self.handle is not None:
-            self.handle.cancel()
-        if self.check is not None and not self.check.done():
-            self.check.cancel()
-        ended = self.sink.ended
-        if self.cancelled and isinstance(exc, asyncio.CancelledError):
-            # Our own cancellation, not the client leaving: take it back.
-            uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-        if ended is not None and (exc is None or self.cancelled):
-            raise StreamClosed(ended)
-        return False
-
-    def _arm(self) -> None:
-        guard = self.sink.guard
-        until = self.give_up if guard is None else min(self.give_up, guard.until)
-        self.handle = self.loop.call_at(until, self._due)
-
-    def _due(self) -> None:
-        self.handle = None
-        now = self.loop.time()
-        if now >= self.give_up:
-            self._stop(CloseReason.SEND_TIMEOUT)
-            return
-        guard = self.sink.guard
-        if guard is not None and now >= guard.until:
-            self.check = self.loop.create_task(self._recheck(guard))
-            return
-        self._arm()
-
-    async def _recheck(self, guard: Guard) -> None:
-        try:
-            await guard.recheck()
-        except StreamClosed as exc:
-            self._stop(exc.reason)
-            return
-        except DatabaseError:
-            self._stop(CloseReason.DATABASE_ERROR)
-            return
-        except Exception:
-            logger.exception("Checking the session of a stream failed.")
-            self._stop(CloseReason.ERROR)
-            return
-        self._arm()
-
-    def _stop(self, reason: CloseReason) -> None:
-        self.sink.end(reason)
-        if not self.sink.aborted and self.task is not None:
-            self.cancelled = True
-            self.task.cancel()

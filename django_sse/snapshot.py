@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
 from django_sse.models import Job
-from django_sse.views import _allow_origin, _untrusted, describe_user
+from django_sse.responses import allow_origin, describe_user, untrusted
 
 logger = logging.getLogger("django_sse")
 
@@ -58,10 +58,10 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponseBase:
     except Http404:
         logger.info(
             "Snapshot refused: job=%s user=%s",
-            _untrusted(job_id),
+            untrusted(job_id),
             describe_user(getattr(request, "user", None)),
         )
         raise
     response = JsonResponse(job_snapshot(job), encoder=DjangoJSONEncoder)
     response["Cache-Control"] = "no-store"
-    return _allow_origin(request, response)
+    return allow_origin(request, response)

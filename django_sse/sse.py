@@ -1,8 +1,9 @@
 """The Server-Sent Events wire format (WHATWG HTML, "Server-sent events").
 
 Pure functions that turn fields into bytes. Field injection is impossible by construction: the
-caller validates ``event`` and ``id`` (see ``validation.py``), and ``data`` is split on every
-kind of line break the browser recognises (CRLF, LF, CR) so each line gets its own ``data:``.
+caller validates ``event`` (``lifecycle.validate_event_type``) and ``id``, and ``data`` is split
+on every kind of line break the browser recognises (CRLF, LF, CR) so each line gets its own
+``data:``.
 """
 
 from __future__ import annotations

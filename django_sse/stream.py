@@ -1,9 +1,12 @@
 """The stream of one job: replay from the database, then live events from the hub.
 
-The stream keeps the ``seq`` of the last event it sent: anything at or below it is skipped (no
-duplicates), and anything that skips ahead is preceded by the missing events read from the
-database (no loss). It holds no thread and no database connection of its own while idle. Its
-life cycle (heartbeats, the authorization deadline, bounds, the close) is ``streaming.py``'s.
+The hub hands the stream every event committed after it subscribed, in order, exactly once
+(``feed.py`` owns that guarantee). The stream subscribes *before* its replay, so that nothing
+falls between the two, and keeps the ``seq`` of the last event it sent (its cursor): the live
+events its replay already read from the database are skipped. That is the one ordering check a
+stream makes, and it cannot go: the replay and the hub race by design. It holds no thread and
+no database connection of its own while idle. Its life cycle (heartbeats, the authorization
+deadline, bounds, the close) is ``streaming.py``'s.
 """
 
 from __future__ import annotations
@@ -20,16 +23,11 @@ from django_sse.conf import conf
 from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, StreamClosed
-from django_sse.hub import Delivery, Hub, Subscriber, get_hub
-from django_sse.lifecycle import EVENT_TYPE_RE, TERMINAL_TYPES
-from django_sse.queries import (
-    FIRST_PAGE_EVENTS,
-    Page,
-    StoredEvent,
-    fetch_page,
-    next_page_limit,
-)
-from django_sse.sse import encode_event
+from django_sse.fastpaths.ssetext import encode_stored_events
+from django_sse.hub import Hub, get_hub
+from django_sse.inbox import EncodedEvent, Inbox
+from django_sse.lifecycle import TERMINAL_TYPES
+from django_sse.replay import FIRST_PAGE_EVENTS, Page, StoredEvent, fetch_page, next_page_limit
 from django_sse.streaming import EventStream
 
 if TYPE_CHECKING:
@@ -48,14 +46,18 @@ class JobStream(EventStream):
         resume_from: int,
         ticket: Ticket,
         checked_at: float | None = None,
+        *,
+        sink: Sink | None = None,
     ) -> None:
-        super().__init__(request, access.identity, ticket, checked_at)
+        super().__init__(request, access.identity, ticket, checked_at, sink=sink)
         # The job's id, not its model instance: thousands of these may be open per process.
         self.job_id: uuid.UUID = access.job.pk
         self.last_seq = resume_from
         self.resumed_from = resume_from
         self.hub: Hub | None = None  # the hub it subscribed at (cleanup leaves that one)
-        self.subscriber: Subscriber | None = None
+        self.inbox = Inbox(self.wakeup)
+        self.subscribed = False
+        # Subscribed in place of the inbox once the stream left Django's response loop.
         self.writer: DirectWriter | None = None
 
     def describe(self) -> str:
@@ -72,13 +74,14 @@ class JobStream(EventStream):
 
     async def subscribe(self) -> None:
         self.hub = get_hub()
-        self.subscriber = await self.hub.subscribe(self.job_id, self.wakeup)
+        await self.hub.subscribe(self.job_id, self.inbox)
+        self.subscribed = True
 
     def cleanup(self) -> None:
         if self.writer is not None:
             self.writer.cancel()
-        if self.hub is not None and self.subscriber is not None:
-            self.hub.unsubscribe(self.subscriber)
+        if self.hub is not None and self.subscribed:
+            self.hub.unsubscribe(self.job_id, self.writer or self.inbox)
 
     # -- encoding ----------------------------------------------------------------------------
 
@@ -86,35 +89,27 @@ class JobStream(EventStream):
         """A page of stored events as one chunk."""
         return self._encode(events)
 
-    async def encode_live(self, deliveries: list[Delivery]) -> bytes:
+    async def encode_live(self, items: list[EncodedEvent]) -> bytes:
         """Live events as one chunk: encoded once by the hub, for every stream."""
-        return b"".join(delivery.chunk for delivery in deliveries)
+        return b"".join(item.chunk for item in items)
 
     def _encode(self, events: list[StoredEvent]) -> bytes:
-        """Stored events after ``last_seq`` as one chunk (a replay runs through here: keep it
-        lean)."""
-        parts: list[str] = []
-        plain_types: set[str] = set()  # types known to need no check
-        last_seq = self.last_seq
-        sent = 0
-        for seq, type_, data in events:
-            if seq <= last_seq:
+        """Stored events after ``last_seq`` (up to the job's last) as one chunk."""
+        selected: list[StoredEvent] = []
+        last_seq, finished = self.last_seq, False
+        for event in events:
+            if event.seq <= last_seq:
                 continue
-            if type_ not in plain_types and EVENT_TYPE_RE.match(type_):
-                plain_types.add(type_)
-            if type_ in plain_types and "\n" not in data and "\r" not in data:
-                # What encode_event() makes of it (JSON text is always one line).
-                parts.append(f"id: {seq}\nevent: {type_}\ndata: {data}\n\n")
-            else:
-                parts.append(encode_event(data, event=type_, id=seq).decode("utf-8"))
-            last_seq = seq
-            sent += 1
-            if type_ in TERMINAL_TYPES:
-                self.finished = True
+            selected.append(event)
+            last_seq = event.seq
+            if event.type in TERMINAL_TYPES:
+                finished = True
                 break
+        chunk = encode_stored_events(selected)
         self.last_seq = last_seq
-        self.sent += sent
-        return "".join(parts).encode("utf-8")
+        self.sent += len(selected)
+        self.finished = self.finished or finished
+        return chunk
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -163,56 +158,46 @@ class JobStream(EventStream):
                 following.cancel()
 
     async def drain(self) -> AsyncGenerator[bytes, None]:
-        subscriber = self.subscriber
-        assert subscriber is not None
+        inbox = self.inbox
         while not self.finished:
-            behind = subscriber.take_behind()
+            behind = inbox.take_behind()
             if behind > self.last_seq:
                 # The inbox overflowed: what it dropped is in the database.
                 async with aclosing(self._read(upto=behind)) as chunks:
                     async for chunk in chunks:
                         yield chunk
                 continue
-            deliveries = subscriber.take()
-            if not deliveries:
-                return
-            run: list[Delivery] = []  # consecutive events, sent as one chunk
-            for delivery in deliveries:
-                seq = delivery.event.seq
+            run: list[EncodedEvent] = []  # sent as one chunk
+            for item in inbox.take():
+                seq = item.event.seq
                 if seq <= self.last_seq:
-                    continue
-                if seq > self.last_seq + 1:
-                    if run:
-                        yield await self.encode_live(run)
-                        run = []
-                    async with aclosing(self._read(upto=seq - 1)) as chunks:
-                        async for chunk in chunks:
-                            yield chunk
-                run.append(delivery)
+                    continue  # the replay read it from the database first
+                run.append(item)
                 self.last_seq = seq
                 self.sent += 1
-                if delivery.terminal:
+                if item.terminal:
                     self.finished = True
                     break
-            if run:
-                yield await self.encode_live(run)
+            if not run:
+                return
+            yield await self.encode_live(run)
 
     # -- direct writes -----------------------------------------------------------------------
 
     def detach(self, sink: Sink) -> None:
-        if self.subscriber is not None:
-            self.writer = DirectWriter(sink, self.wakeup, self.guard)
-            self.subscriber.writer = self.writer
+        if self.hub is not None and self.subscribed:
+            self.writer = DirectWriter(sink, self.inbox, self.guard)
+            self.hub.replace(self.job_id, self.inbox, self.writer)
 
     async def wait(self, deadline: float) -> None:
         """With a writer: let the hub write events directly until the stream's task has
         something to do. Everything sent before is on the wire (the response loop asked for
         the next chunk), so the writer starts after ``last_seq``."""
-        writer, subscriber = self.writer, self.subscriber
-        if writer is None or subscriber is None:
+        writer = self.writer
+        if writer is None:
             await super().wait(deadline)
             return
-        if subscriber.pending:
+        if self.inbox.pending:
             return
         writer.last_seq = self.last_seq
         budget = self.byte_budget

@@ -34,11 +34,11 @@ from django.db import DatabaseError
 
 from django_sse import metrics
 from django_sse.admission import Ticket
-from django_sse.asgi import DETACH, Body, request_sink
 from django_sse.conf import conf
+from django_sse.detach import DETACH, Body
 from django_sse.ending import CloseReason, Guard, StreamClosed
+from django_sse.fastpaths.asgiref_threads import release_request_thread
 from django_sse.sse import HEARTBEAT, encode_retry
-from django_sse.threads import release_request_thread
 from django_sse.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -70,14 +70,17 @@ class EventStream:
         identity: Identity,
         ticket: Ticket,
         checked_at: float | None = None,
+        *,
+        sink: Sink | None = None,
     ) -> None:
         """``checked_at``: the loop time at which the view's authorization began (the first
-        deadline counts from it)."""
+        deadline counts from it). ``sink``: the request's, when it came through
+        ``DirectWriteMiddleware`` (the view finds it, ``sink.request_sink``)."""
         self.request = request
         self.checked_at = checked_at
         self.identity = identity
         self.ticket = ticket
-        self.sink: Sink | None = request_sink(request)
+        self.sink = sink
         self.guard = Guard(self.authorize)
         self.wakeup = Wakeup()
         self.reason = CloseReason.CLIENT_LEFT

@@ -12,8 +12,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 from django.db import DatabaseError
 from django.http import (
@@ -22,9 +20,7 @@ from django.http import (
     HttpResponse,
     HttpResponseBase,
     JsonResponse,
-    StreamingHttpResponse,
 )
-from django.utils.cache import patch_vary_headers
 from django.utils.translation import gettext
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST, require_safe
@@ -35,48 +31,37 @@ from django_sse.auth import authorize_stream, identify
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.exceptions import JobFinished
-from django_sse.fragments import FORMATS, HTMX_REQUEST_HEADER, FragmentStream, encode_end
+from django_sse.fragments import FORMATS, FragmentStream
 from django_sse.identity import Identity
-from django_sse.resume import InvalidResumePoint, ResumePoint, decode_resume_point
+from django_sse.responses import (
+    LOG_VALUE_CHARS,
+    allow_origin,
+    describe_user,
+    ended_body,
+    html_response,
+    retry_later_body,
+    stream_headers,
+    stream_response,
+    untrusted,
+)
+from django_sse.resume import (
+    InvalidResumePoint,
+    ResumePoint,
+    decode_job_resume_point,
+    decode_resume_point,
+)
 from django_sse.session_stream import SessionStream, parse_only
-from django_sse.sse import encode_retry
+from django_sse.sink import request_sink
 from django_sse.stream import JobStream
-from django_sse.validation import parse_resume_id
 
 logger = logging.getLogger("django_sse")
-
-CONTENT_TYPE = "text/event-stream; charset=utf-8"
-# Longer values are not logged whole: they are untrusted input.
-_LOG_VALUE_CHARS = 40
-
-
-def describe_user(user: object) -> str:
-    """A user id for log lines, or "anonymous"."""
-    if user is not None and getattr(user, "is_authenticated", False):
-        return str(getattr(user, "pk", "?"))
-    return "anonymous"
-
-
-def _untrusted(value: str) -> str:
-    """A value from the request, fit for a log line: cut short and quoted (``%r``)."""
-    return repr(value[:_LOG_VALUE_CHARS])
-
-
-def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
-    response["Content-Type"] = CONTENT_TYPE
-    response["Cache-Control"] = "no-cache"
-    # nginx: pass each event through at once instead of buffering the response.
-    response["X-Accel-Buffering"] = "no"
-    # GZipMiddleware (and most proxies) leave a response alone once it names an encoding.
-    response["Content-Encoding"] = "identity"
-    return response
 
 
 def _refuse(request: HttpRequest, job_id: str, reason: str) -> Http404:
     metrics.stream_refused(reason)
     logger.info(
         "Stream refused: job=%s user=%s reason=%s",
-        _untrusted(job_id),
+        untrusted(job_id),
         describe_user(getattr(request, "user", None)) if reason == "not allowed" else "-",
         reason,
     )
@@ -123,23 +108,19 @@ def _job_uuid(request: HttpRequest, job_id: str) -> uuid.UUID:
         raise _refuse(request, job_id, "malformed id") from None
 
 
-def _resume_point(request: HttpRequest, job_id: uuid.UUID) -> int:
+def _job_resume_point(request: HttpRequest, job_id: uuid.UUID) -> int:
+    """The resume point of a job's stream: 0 (from the start) when there is none, or when it
+    cannot be one we sent (one WARNING)."""
     raw = _raw_resume_point(request)
-    if raw is None:
-        return 0
-    resume = parse_resume_id(raw)
-    if resume is None:
+    try:
+        return decode_job_resume_point(raw)
+    except InvalidResumePoint:
         logger.warning(
             "Ignored an invalid Last-Event-ID for job %s: %s; replaying from the start.",
             job_id,
-            _untrusted(raw),
+            untrusted(raw or ""),
         )
         return 0
-    return resume
-
-
-def _stream(request: HttpRequest, body: Any) -> HttpResponseBase:
-    return _allow_origin(request, _stream_headers(StreamingHttpResponse(body)))
 
 
 # Safe methods only, so CSRF has nothing to protect; exempting it lets POST and friends get the
@@ -172,21 +153,21 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
             exc,
             conf.RETRY_MILLISECONDS,
         )
-        return _stream(request, _retry_later())
+        return stream_response(request, retry_later_body())
     if access is None:
         raise _refuse(request, job_id, "not allowed")
     job = access.job
-    resume = _resume_point(request, job_uuid)
+    resume = _job_resume_point(request, job_uuid)
     if job.is_finished and resume >= job.last_seq:
         metrics.stream_refused("job finished")
         if output == "html":
             # Neither htmx extension stops on a 204 (htmx 4's hx-sse retries for as long as
             # the page is open, htmx 2's reopens from the page's first id): they stop on the
             # "end" event, so a reconnection after the end gets that alone.
-            return _html_response(_stream(request, _ended(job.status)))
+            return html_response(stream_response(request, ended_body(job.status)))
         # The documented way to tell EventSource to stop reconnecting (a resume point past
         # the last event included: there is nothing more to send either way).
-        return _allow_origin(request, HttpResponse(status=204))
+        return allow_origin(request, HttpResponse(status=204))
     if resume > job.last_seq:
         logger.warning(
             "Last-Event-ID %d is past the last event (%d) of job %s; replaying from the start.",
@@ -196,39 +177,18 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         )
         resume = 0
     if request.method == "HEAD":
-        return _allow_origin(request, _stream_headers(HttpResponse()))
+        return allow_origin(request, stream_headers(HttpResponse()))
     ticket = _admit(access.identity, f"job={job_uuid}")
     if isinstance(ticket, HttpResponse):
-        return _allow_origin(request, ticket)
+        return allow_origin(request, ticket)
+    # Behind DirectWriteMiddleware, the client's end of the connection (the stream's bounds).
+    sink = request_sink(request)
     if output == "html":
-        stream = FragmentStream(request, access, resume, ticket, checked_at)
-        return _html_response(_stream(request, stream.body()))
-    return _stream(request, JobStream(request, access, resume, ticket, checked_at).body())
-
-
-def _html_response(response: HttpResponseBase) -> HttpResponseBase:
-    # The fragments' form depends on HX-Request (htmx 4's partials or htmx 2's named events).
-    patch_vary_headers(response, [HTMX_REQUEST_HEADER])
-    return response
-
-
-async def _ended(status: str) -> AsyncIterator[bytes]:
-    yield encode_retry(conf.RETRY_MILLISECONDS) + encode_end(status)
-
-
-async def _retry_later() -> AsyncIterator[bytes]:
-    yield encode_retry(conf.RETRY_MILLISECONDS)
-
-
-def _allow_origin(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
-    """CORS for the origins in ``CORS_ALLOWED_ORIGINS`` (with credentials: the stream is
-    authorized by the session cookie). Other origins get no CORS header and cannot read it."""
-    patch_vary_headers(response, ["Origin"])
-    origin = request.headers.get("Origin")
-    if origin and origin in conf.CORS_ALLOWED_ORIGINS:
-        response["Access-Control-Allow-Origin"] = origin
-        response["Access-Control-Allow-Credentials"] = "true"
-    return response
+        html = FragmentStream(request, access, resume, ticket, checked_at, sink=sink)
+        return html_response(stream_response(request, html.body()))
+    return stream_response(
+        request, JobStream(request, access, resume, ticket, checked_at, sink=sink).body()
+    )
 
 
 # The view changes a job: it checks the CSRF token itself, so a site without
@@ -251,7 +211,7 @@ def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
         # %r: the id comes from the URL, and a control character must not reach the log raw.
         logger.info(
             "Cancel refused: job=%r user=%s",
-            job_id[:_LOG_VALUE_CHARS],
+            job_id[:LOG_VALUE_CHARS],
             describe_user(getattr(request, "user", None)),
         )
         # The stream's 404, for a missing job, a malformed id and somebody else's job alike.
@@ -279,19 +239,20 @@ async def session_events(request: HttpRequest) -> HttpResponseBase:
     except DatabaseError as exc:
         logger.warning("Session stream deferred: the database is unreachable (%r).", exc)
         metrics.stream_refused("database unavailable")
-        return _stream(request, _retry_later())
+        return stream_response(request, retry_later_body())
     if not identity.known:
         # No user and no session: no job can be theirs, now or later. Stop reconnecting.
         metrics.stream_refused("no session")
-        return _allow_origin(request, HttpResponse(status=204))
+        return allow_origin(request, HttpResponse(status=204))
     resume = _session_resume_point(request)
     if request.method == "HEAD":
-        return _allow_origin(request, _stream_headers(HttpResponse()))
+        return allow_origin(request, stream_headers(HttpResponse()))
     ticket = _admit(identity, "all jobs")
     if isinstance(ticket, HttpResponse):
-        return _allow_origin(request, ticket)
-    stream = SessionStream(request, identity, only, resume, ticket, checked_at)
-    return _stream(request, stream.body())
+        return allow_origin(request, ticket)
+    sink = request_sink(request)
+    stream = SessionStream(request, identity, only, resume, ticket, checked_at, sink=sink)
+    return stream_response(request, stream.body())
 
 
 def _session_resume_point(request: HttpRequest) -> ResumePoint | None:
@@ -306,7 +267,7 @@ def _session_resume_point(request: HttpRequest) -> ResumePoint | None:
         logger.warning(
             "Ignored an invalid Last-Event-ID for a session stream (%s): %s; starting afresh.",
             exc,
-            _untrusted(raw or ""),
+            untrusted(raw or ""),
         )
         return None
     if resume is not None and resume.horizon < now - conf.RESUME_MAX_AGE_SECONDS:

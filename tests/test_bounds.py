@@ -157,7 +157,7 @@ async def test_a_replay_stops_at_the_deadline_after_a_logout(
     for n in range(50):
         await sync_to_async(publish)(job, "step", {"n": n})
     from django_sse import stream as stream_module
-    from django_sse.queries import fetch_page as original
+    from django_sse.replay import fetch_page as original
 
     gate = threading.Event()
     slow = False
@@ -200,7 +200,7 @@ async def test_all_jobs_streams_share_one_look_for_new_jobs(
 ) -> None:
     per_stream = shared = 0
     original_find, original_recent = (
-        session_stream_module.find_jobs,
+        discovery_module.find_jobs,
         discovery_module.find_recent_jobs,
     )
 

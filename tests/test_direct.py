@@ -16,13 +16,16 @@ from django.core.signals import request_finished
 from django.http import HttpRequest, StreamingHttpResponse
 from django.test import override_settings
 
-from django_sse.asgi import DirectWriteMiddleware, Message, Sink
-from django_sse.asgi import serve as serve_detached
+from django_sse.asgi import DirectWriteMiddleware
+from django_sse.detach import serve as serve_detached
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, Guard, StreamClosed
+from django_sse.feed import Subscriber
 from django_sse.hub import get_hub
+from django_sse.inbox import Inbox
 from django_sse.models import Job
 from django_sse.servers import Connection
+from django_sse.sink import Message, Sink
 from django_sse.stream import JobStream
 from django_sse.wakeup import Wakeup
 from tests.utils import (
@@ -31,10 +34,17 @@ from tests.utils import (
     message,
     open_stream,
     plain_application,
+    subscribe,
     url,
 )
 
 NO_POLL = {"POLL_SECONDS": 60}
+
+
+def waiting(subscriber: Subscriber) -> bool:
+    """Whether the stream of an inbox or a direct writer waits for live events."""
+    assert isinstance(subscriber, Inbox | DirectWriter)
+    return subscriber.wakeup.waiting
 
 
 async def waiting_live(job_id: Any) -> None:
@@ -43,7 +53,7 @@ async def waiting_live(job_id: Any) -> None:
     hub = get_hub()
     for _ in range(500):
         feed = hub.feeds.get(job_id)
-        if feed is not None and any(s.wakeup.waiting for s in feed.subscribers):
+        if feed is not None and any(waiting(s) for s in feed.subscribers):
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"no stream of job {job_id} ever waited for live events")
@@ -55,7 +65,7 @@ async def writing(job_id: Any, count: int = 1) -> list[DirectWriter]:
     for _ in range(300):
         feed = hub.feeds.get(job_id)
         if feed is not None:
-            writers = [s.writer for s in feed.subscribers if s.writer is not None]
+            writers = [s for s in feed.subscribers if isinstance(s, DirectWriter)]
             active = [w for w in writers if w.active]
             if len(active) >= count:
                 return active
@@ -111,7 +121,7 @@ async def test_without_the_middleware_live_events_go_through_django(
     await client.read_chunk()
     await waiting_live(job.pk)
     feed = get_hub().feeds[job.pk]
-    assert [s.writer for s in feed.subscribers] == [None]
+    assert [type(s) for s in feed.subscribers] == [Inbox]
     for n in range(3):
         await apublish_in_thread(job, "step", {"n": n})
     assert [e.last_event_id for e in await client.read_events(3)] == ["1", "2", "3"]
@@ -457,14 +467,15 @@ async def test_a_writer_raising_in_the_dispatch_ends_only_its_stream(
             raise RuntimeError("a bug")
 
     hub = get_hub()
-    good, bad = await hub.subscribe(job.pk), await hub.subscribe(job.pk)
+    good, bad = await subscribe(hub, job), await subscribe(hub, job)
     guard = Guard(allowed)
     guard.start()
-    bad.writer = BrokenWriter(Sink(SlowSend(), never_receive), bad.wakeup, guard)
-    bad.writer.active = True
+    writer = BrokenWriter(Sink(SlowSend(), never_receive), bad, guard)
+    hub.replace(job.pk, bad, writer)
+    writer.active = True
     hub.on_message(message(job, 1))
     assert [d.event.seq for d in good.items or ()] == [1]
-    assert isinstance(bad.writer.error, RuntimeError) and bad.wakeup.is_set()
+    assert isinstance(writer.error, RuntimeError) and bad.wakeup.is_set()
     assert hub.feeds[job.pk].seq == 1
     assert "Writing event 1 to a stream failed." in caplog.text
 
@@ -503,7 +514,7 @@ async def allowed() -> bool:
 def make_writer(send: Any, wakeup: Wakeup | None = None) -> DirectWriter:
     guard = Guard(allowed)
     guard.start()
-    return DirectWriter(Sink(send, never_receive), wakeup or Wakeup(), guard)
+    return DirectWriter(Sink(send, never_receive), Inbox(wakeup), guard)
 
 
 def in_flight(writer: DirectWriter) -> bool:

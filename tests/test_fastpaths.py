@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
+import threading
 import uuid
 from typing import Any
 
 import pytest
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext, sync_to_async
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import F
@@ -16,10 +19,17 @@ from django.test.utils import CaptureQueriesContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from django_sse.fastpaths import sql
+from django_sse import publish
+from django_sse.database import primary
+from django_sse.fastpaths import asgiref_threads, replay_sql, sql
+from django_sse.fastpaths.asgiref_threads import release_request_thread
+from django_sse.fastpaths.eager_send import start_send, start_send_plain
 from django_sse.fastpaths.jsoncodec import build_compact_dumps, json_text
+from django_sse.fastpaths.ssetext import encode_stored_events, encode_stored_events_plain
 from django_sse.jsontext import dump_data
+from django_sse.lifecycle import EVENT_TYPE_RE
 from django_sse.models import Job, JobEvent
+from django_sse.replay import StoredEvent
 
 # -- jsoncodec: the JSON text of stored data ---------------------------------------------------
 
@@ -206,3 +216,189 @@ def test_an_update_with_an_expression_takes_the_orm_route() -> None:
     assert written == (5, "running")
     assert statements(queries) == ["UPDATE", "SELECT", "INSERT"]
     assert rows(job)[0]["current"] == 6
+
+
+# -- replay_sql: a replay page's rows ----------------------------------------------------------
+
+# Values of every JSON kind, one of them past a small page's byte limit.
+STORED_DATA: list[Any] = [
+    {"n": 1, "s": "line\nbreak", "f": 1764000000.123456},
+    [1, 2.5, None, True, {"x": []}],
+    "plain text",
+    None,
+    10**20,
+    {"b": 1, "a": 2},
+    {"big": "x" * 300},
+    {"n": 8},
+]
+NON_ASCII_DATA: list[Any] = [{"é": "ü\u2028"}, "\U0001f600"]
+
+
+def published(job: Job, values: list[Any]) -> None:
+    for value in values:
+        publish(job, "step", value)
+
+
+def same_text(rows: list[tuple[int, str, Any]]) -> list[tuple[int, str, str]]:
+    """Rows with ``data`` as the stream sends it."""
+    return [(seq, type_, json_text(data)) for seq, type_, data in rows]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hand_written_select_gives_the_orms_rows(job: Job) -> None:
+    published(job, STORED_DATA)
+    using = primary(JobEvent)
+    assert replay_sql.raw_rows_supported(connection.vendor)
+    last = len(STORED_DATA)
+    for after in range(last + 1):
+        for upto in (None, after, after + 2, last):
+            for limit in (1, 3, 100):
+                for max_bytes in (1, 40, 120, 10_000):
+                    fast = replay_sql.select_page_rows(using, job.pk, after, upto, limit, max_bytes)
+                    plain = replay_sql.select_page_rows_orm(
+                        using, job.pk, after, upto, limit, max_bytes
+                    )
+                    assert (same_text(fast[0]), fast[1], fast[2]) == (
+                        same_text(plain[0]),
+                        plain[1],
+                        plain[2],
+                    ), (after, upto, limit, max_bytes)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hand_written_select_gives_the_orms_text_of_any_character(job: Job) -> None:
+    # Sizes differ here (bytes on the fast route, characters on the ORM's), the rows do not.
+    published(job, STORED_DATA + NON_ASCII_DATA)
+    using = primary(JobEvent)
+    fast, _, _ = replay_sql.select_page_rows(using, job.pk, 0, None, 100, 10**6)
+    plain, _, _ = replay_sql.select_page_rows_orm(using, job.pk, 0, None, 100, 10**6)
+    assert len(fast) == len(STORED_DATA + NON_ASCII_DATA)
+    assert same_text(fast) == same_text(plain)
+    stored = JobEvent.objects.filter(job=job).order_by("seq").values_list("data", flat=True)
+    assert [text for _, _, text in same_text(fast)] == [dump_data(value) for value in stored]
+
+
+# -- ssetext: the SSE bytes of a page of stored events --------------------------------------
+
+event_types = st.from_regex(EVENT_TYPE_RE.pattern.replace("\\Z", ""), fullmatch=True) | st.text(
+    max_size=8
+)
+# Data as stored (JSON text on one line) and as it might be (any text, line breaks included).
+event_data = json_values.map(dump_data) | st.text()
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**63 - 1), event_types, event_data), max_size=20))
+@settings(max_examples=300, deadline=None)
+def test_a_page_encoded_at_once_is_what_encode_event_makes_of_each(
+    events: list[tuple[int, str, str]],
+) -> None:
+    rows = [StoredEvent(*event) for event in events]
+    try:
+        plain = encode_stored_events_plain(rows)
+    except (ValueError, UnicodeEncodeError) as refused:
+        with pytest.raises(type(refused)):
+            encode_stored_events(rows)
+        return
+    assert encode_stored_events(rows) == plain
+
+
+# -- asgiref_threads: the request's thread, let go --------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_request_thread_is_released() -> None:
+    async with ThreadSensitiveContext():
+        first = await sync_to_async(threading.get_ident)()
+        context = SyncToAsync.thread_sensitive_context.get()
+        executor = SyncToAsync.context_to_thread_executor[context]
+        assert await release_request_thread() is True
+        assert context not in SyncToAsync.context_to_thread_executor
+        assert executor._shutdown  # type: ignore[attr-defined]  # ThreadPoolExecutor's own flag
+        # A later thread-sensitive call of the request still runs, on a fresh thread.
+        assert await sync_to_async(threading.get_ident)() != first
+
+
+@pytest.mark.asyncio
+async def test_without_asgirefs_internals_the_thread_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A future asgiref, as the fast path sees it: without the two class attributes.
+    monkeypatch.setattr(asgiref_threads, "SyncToAsync", type("SyncToAsync", (), {}))
+    async with ThreadSensitiveContext():
+        first = await sync_to_async(threading.get_ident)()
+        assert await release_request_thread() is False
+        assert await sync_to_async(threading.get_ident)() == first
+
+
+@pytest.mark.asyncio
+async def test_outside_a_request_nothing_is_released() -> None:
+    assert await release_request_thread() is False
+
+
+# -- eager_send: a server's send started in the caller's task ----------------------------------
+
+
+class FakeSend:
+    """A server's ``send``: it may suspend a few times (back-pressure), and fail before or
+    after."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.closed: list[int] = []
+
+    async def __call__(self, body: int, suspensions: int, fails: str | None) -> None:
+        try:
+            if fails == "before":
+                raise OSError(f"{body} before")
+            for _ in range(suspensions):
+                await asyncio.sleep(0)
+            if fails == "after":
+                raise OSError(f"{body} after")
+            self.sent.append(body)
+        finally:
+            self.closed.append(body)
+
+
+SendPlan = list[tuple[int, str | None]]
+
+
+async def sent_through(start: Any, plan: SendPlan) -> tuple[list[int], list[int], list[str]]:
+    send = FakeSend()
+    errors: list[str] = []
+    for body, (suspensions, fails) in enumerate(plan):
+        try:
+            pending = start(send(body, suspensions, fails))
+            if pending is not None:
+                await pending
+        except OSError as exc:
+            errors.append(str(exc))
+    return send.sent, send.closed, errors
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([None, "before", "after"]))))
+@settings(max_examples=200, deadline=None)
+def test_a_send_started_at_once_sends_what_a_task_sends(plan: SendPlan) -> None:
+    assert asyncio.run(sent_through(start_send, plan)) == asyncio.run(
+        sent_through(start_send_plain, plan)
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_send_that_never_suspends_is_done_at_once_and_a_cancelled_one_is_closed() -> None:
+    send = FakeSend()
+    assert start_send(send(1, 0, None)) is None
+    assert send.sent == [1]
+    pending = start_send(send(2, 3, None))
+    assert pending is not None and send.sent == [1]
+    # Cancelled before its task ever ran: the coroutine started by hand is closed all the same.
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert send.sent == [1] and send.closed == [1, 2]
+    pending = start_send(send(3, 3, None))
+    assert pending is not None
+    await asyncio.sleep(0)  # its task has run a step
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert send.sent == [1] and send.closed == [1, 2, 3]

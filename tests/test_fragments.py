@@ -10,7 +10,7 @@ from django.template import loader
 from django_sse import publish
 from django_sse.fragments import render_fragment
 from django_sse.models import Job
-from django_sse.queries import StoredEvent
+from django_sse.replay import StoredEvent
 from tests.utils import StreamClient, make_session
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

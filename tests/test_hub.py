@@ -11,19 +11,20 @@ from asgiref.sync import sync_to_async
 from django.test import override_settings
 
 from django_sse import publish
-from django_sse.hub import Delivery, Subscriber, get_hub
+from django_sse.hub import get_hub
+from django_sse.inbox import EncodedEvent, Inbox
 from django_sse.models import Job
-from tests.utils import message
+from tests.utils import message, subscribe
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
-def items(subscriber: Subscriber) -> list[Delivery]:
-    """What the subscriber got (its inbox is made on the first delivery)."""
+def items(subscriber: Inbox) -> list[EncodedEvent]:
+    """What the inbox got (its queue is made on the first delivery)."""
     return list(subscriber.items or ())
 
 
-async def next_items(subscriber: Subscriber, count: int, timeout: float = 3) -> list[int]:
+async def next_items(subscriber: Inbox, count: int, timeout: float = 3) -> list[int]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while len(items(subscriber)) < count:
@@ -43,15 +44,15 @@ async def test_a_stream_leaving_while_subscribing_does_not_break_the_others(
 ) -> None:
     job = await Job.objects.acreate()
     hub = get_hub()
-    first = asyncio.create_task(hub.subscribe(job.pk))
-    second = asyncio.create_task(hub.subscribe(job.pk))
+    first = asyncio.create_task(subscribe(hub, job))
+    second = asyncio.create_task(subscribe(hub, job))
     await asyncio.sleep(0)
     first.cancel()
     subscriber = await second
     assert first.cancelled()
     await sync_to_async(publish)(job, "step")
     assert await next_items(subscriber, 1) == [1]
-    hub.unsubscribe(subscriber)
+    hub.unsubscribe(job.pk, subscriber)
     assert job.pk not in hub.feeds
 
 
@@ -59,7 +60,7 @@ async def test_a_stream_leaving_while_subscribing_does_not_break_the_others(
 async def test_each_event_is_encoded_once_for_all_subscribers(hub_cleanup: None) -> None:
     job = await Job.objects.acreate()
     hub = get_hub()
-    subscribers = [await hub.subscribe(job.pk) for _ in range(3)]
+    subscribers = [await subscribe(hub, job) for _ in range(3)]
     hub.on_message(message(job, 1))
     chunks = [items(s)[0].chunk for s in subscribers]
     assert chunks[0] == b"id: 1\nevent: step\ndata: 1\n\n"
@@ -72,7 +73,7 @@ async def test_duplicates_and_stale_messages_are_dropped(hub_cleanup: None) -> N
     for _ in range(2):
         await sync_to_async(publish)(job, "step")
     hub = get_hub()
-    subscriber = await hub.subscribe(job.pk)  # baseline: 2
+    subscriber = await subscribe(hub, job)  # baseline: 2
     hub.on_message(message(job, 2))
     hub.on_message(message(job, 1))
     await sync_to_async(publish)(job, "step")
@@ -88,20 +89,20 @@ async def test_a_gap_is_read_from_the_database_once_for_all(
 ) -> None:
     job = await Job.objects.acreate()
     hub = get_hub()
-    subscribers = [await hub.subscribe(job.pk) for _ in range(5)]
+    subscribers = [await subscribe(hub, job) for _ in range(5)]
     monkeypatch.setattr("django_sse.pushing.push_event", lambda event: None)
     for _ in range(3):
         await sync_to_async(publish)(job, "step")
     reads = 0
-    from django_sse import hub as hub_module
-    from django_sse.queries import fetch_events as original
+    from django_sse import feed as feed_module
+    from django_sse.replay import fetch_events as original
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal reads
         reads += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(hub_module, "fetch_events", counting)
+    monkeypatch.setattr(feed_module, "fetch_events", counting)
     hub.on_message(message(job, 3))  # 1 and 2 were dropped by the layer
     for subscriber in subscribers:
         assert await next_items(subscriber, 3) == [1, 2, 3]
@@ -130,7 +131,7 @@ async def test_malformed_layer_message_is_ignored_and_logged_by_its_shape(
 ) -> None:
     job = await Job.objects.acreate()
     hub = get_hub()
-    subscriber = await hub.subscribe(job.pk)
+    subscriber = await subscribe(hub, job)
     if isinstance(bad, dict) and bad["job"] == "":
         bad["job"] = job.pk.hex
     with caplog.at_level(logging.WARNING, "django_sse"):
@@ -149,7 +150,7 @@ async def test_the_receive_loop_survives_a_message_it_cannot_handle(
 ) -> None:
     job = await Job.objects.acreate()
     hub = get_hub()
-    subscriber = await hub.subscribe(job.pk)
+    subscriber = await subscribe(hub, job)
     original = hub.on_message
     calls = 0
 
@@ -173,7 +174,7 @@ async def test_the_receive_loop_survives_a_message_it_cannot_handle(
 async def test_an_inbox_over_its_budget_keeps_only_where_to_read_up_to(hub_cleanup: None) -> None:
     job = await Job.objects.acreate()
     hub = get_hub()
-    slow, other = await hub.subscribe(job.pk), await hub.subscribe(job.pk)
+    slow, other = await subscribe(hub, job), await subscribe(hub, job)
     assert slow.budget.limit == 100
     hub.on_message(message(job, 1))  # 28 bytes
     hub.on_message(message(job, 2))
@@ -196,7 +197,28 @@ async def test_poll_finds_events_no_message_announced(
 ) -> None:
     job = await Job.objects.acreate()
     hub = get_hub()
-    subscriber = await hub.subscribe(job.pk)
+    subscriber = await subscribe(hub, job)
     monkeypatch.setattr("django_sse.pushing.push_event", lambda event: None)
     await sync_to_async(publish)(job, "from-elsewhere")
     assert await next_items(subscriber, 1) == [1]  # POLL_SECONDS is 0.2 in the tests
+
+
+@override_settings(DJANGO_SSE={"POLL_SECONDS": 60})
+async def test_a_subscriber_that_raises_misses_the_event_alone(
+    hub_cleanup: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        def deliver(self, item: EncodedEvent, now: float) -> None:
+            raise RuntimeError("a bug")
+
+    job = await Job.objects.acreate()
+    hub = get_hub()
+    before, broken = await subscribe(hub, job), Broken()
+    await hub.subscribe(job.pk, broken)
+    after = await subscribe(hub, job)
+    with caplog.at_level(logging.ERROR, "django_sse"):
+        hub.on_message(message(job, 1))
+    assert [item.event.seq for item in items(before)] == [1]
+    assert [item.event.seq for item in items(after)] == [1]
+    assert hub.feeds[job.pk].seq == 1
+    assert f"Handing event 1 of job {job.pk} out failed." in caplog.text

@@ -1,4 +1,4 @@
-"""The queries of streams: ``fetch_events``' pages."""
+"""Reading stored events back (``replay.py``): ``fetch_events``' pages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from django_sse import publish, queries
+from django_sse import publish, replay
+from django_sse.fastpaths import replay_sql
 from django_sse.jsontext import dump_data
 from django_sse.models import Job, JobEvent
 
@@ -28,12 +29,12 @@ def job() -> Job:
 def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """ "raw": a cursor (PostgreSQL, SQLite); "orm": the ORM, for other databases."""
     if request.param == "orm":
-        monkeypatch.setattr(queries, "_raw_rows_supported", lambda vendor: False)
+        monkeypatch.setattr(replay_sql, "raw_rows_supported", lambda vendor: False)
     return str(request.param)
 
 
 def seqs(job: Job, after: int, **kwargs: Any) -> list[int]:
-    return [e.seq for e in queries.fetch_events(job.pk, after, **kwargs)]
+    return [e.seq for e in replay.fetch_events(job.pk, after, **kwargs)]
 
 
 DATA: list[Any] = [
@@ -49,7 +50,7 @@ DATA: list[Any] = [
 def test_fetch_events_gives_the_wire_text(read_path: str, job: Job) -> None:
     for value in DATA:
         publish(job, "step", value)
-    events = queries.fetch_events(job.pk, 0)
+    events = replay.fetch_events(job.pk, 0)
     assert [(e.seq, e.type) for e in events] == [(n, "step") for n in range(1, len(DATA) + 1)]
     for event in events:
         stored = JobEvent.objects.get(job=job, seq=event.seq).data
@@ -67,7 +68,7 @@ def test_fetch_events_pages(read_path: str, job: Job) -> None:
     assert seqs(job, 2, upto=9, limit=4) == [3, 4, 5, 6]
     assert seqs(job, 5, upto=5, limit=4) == []
     assert seqs(job, 0, limit=100) == list(range(1, 11))
-    assert queries.fetch_events(uuid.uuid4(), 0) == []
+    assert replay.fetch_events(uuid.uuid4(), 0) == []
 
 
 def test_fetch_events_past_missing_events(read_path: str, job: Job) -> None:
@@ -98,25 +99,25 @@ def test_a_full_page_is_one_query(job: Job) -> None:
 def test_a_page_stops_at_its_byte_limit(read_path: str, job: Job) -> None:
     for _ in range(6):
         publish(job, "big", "x" * 1000)  # 1,002 bytes of JSON each
-    page = queries.fetch_page(job.pk, 0, limit=100, max_bytes=2500)
+    page = replay.fetch_page(job.pk, 0, limit=100, max_bytes=2500)
     # Two whole events fit, the third would go past the limit: the database cuts the page,
     # and says more follow.
     assert [e.seq for e in page.events] == [1, 2]
     assert page.more
-    page = queries.fetch_page(job.pk, 2, limit=100, max_bytes=2500)
+    page = replay.fetch_page(job.pk, 2, limit=100, max_bytes=2500)
     assert [e.seq for e in page.events] == [3, 4]
-    assert [e.seq for e in queries.fetch_page(job.pk, 4, limit=100, max_bytes=2500).events] == [
+    assert [e.seq for e in replay.fetch_page(job.pk, 4, limit=100, max_bytes=2500).events] == [
         5,
         6,
     ]
-    last = queries.fetch_page(job.pk, 6, limit=100, max_bytes=2500)
-    assert last == queries.Page([], False)
+    last = replay.fetch_page(job.pk, 6, limit=100, max_bytes=2500)
+    assert last == replay.Page([], False)
 
 
 def test_a_page_always_holds_the_next_event_whatever_its_size(read_path: str, job: Job) -> None:
     publish(job, "big", "x" * 5000)
     publish(job, "small", 1)
-    page = queries.fetch_page(job.pk, 0, limit=100, max_bytes=100)
+    page = replay.fetch_page(job.pk, 0, limit=100, max_bytes=100)
     assert [e.seq for e in page.events] == [1]
     assert page.more
 
@@ -124,7 +125,7 @@ def test_a_page_always_holds_the_next_event_whatever_its_size(read_path: str, jo
 def test_events_without_data_count_as_nothing(read_path: str, job: Job) -> None:
     for _ in range(5):
         publish(job, "empty", None)
-    page = queries.fetch_page(job.pk, 0, limit=100, max_bytes=10)
+    page = replay.fetch_page(job.pk, 0, limit=100, max_bytes=10)
     assert [e.seq for e in page.events] == [1, 2, 3, 4, 5]
     assert not page.more
 
@@ -132,5 +133,5 @@ def test_events_without_data_count_as_nothing(read_path: str, job: Job) -> None:
 def test_a_full_page_says_more_may_follow(read_path: str, job: Job) -> None:
     for n in range(4):
         publish(job, "step", n)
-    assert queries.fetch_page(job.pk, 0, limit=2).more
-    assert not queries.fetch_page(job.pk, 2, limit=3).more
+    assert replay.fetch_page(job.pk, 0, limit=2).more
+    assert not replay.fetch_page(job.pk, 2, limit=3).more

@@ -16,7 +16,7 @@ from django_sse import stream as stream_module
 from django_sse.admission import Ticket
 from django_sse.identity import Identity
 from django_sse.lifecycle import TERMINAL_TYPES
-from django_sse.queries import Page, StoredEvent
+from django_sse.replay import Page, StoredEvent
 from django_sse.sse import encode_event
 from django_sse.stream import JobStream
 

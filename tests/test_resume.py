@@ -12,6 +12,7 @@ from django_sse.resume import (
     InvalidResumePoint,
     ResumePoint,
     base36,
+    decode_job_resume_point,
     decode_resume_point,
     encode_resume_point,
     job_ref,
@@ -70,3 +71,22 @@ def test_a_position_past_what_the_database_holds_is_refused() -> None:
     )
     with pytest.raises(InvalidResumePoint, match="largest"):
         decode_resume_point(f"{base36(NOW)}.{ref}zzzzzzzzzzzzz", NOW)
+
+
+# -- a job stream's resume point: the seq of the last event the browser got ------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "seq"),
+    [(None, 0), ("0", 0), ("7", 7), (" 42\t", 42), ("007", 7), ("9" * 19, int("9" * 19))],
+)
+def test_a_job_resume_point_is_an_event_number(raw: str | None, seq: int) -> None:
+    assert decode_job_resume_point(raw) == seq
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "  ", "-1", "+1", "1.5", "1e3", "0x10", "1 2", "9" * 20, "\u0661", "abc", "1\n2"]
+)
+def test_a_job_resume_point_we_could_not_have_sent_is_refused(raw: str) -> None:
+    with pytest.raises(InvalidResumePoint):
+        decode_job_resume_point(raw)

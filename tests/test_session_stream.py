@@ -18,6 +18,7 @@ from django.utils import timezone
 from django_sse import publish
 from django_sse.hub import get_hub
 from django_sse.identity import hash_session_key
+from django_sse.inbox import Inbox
 from django_sse.models import Job
 from django_sse.resume import base36
 from tests.utils import StreamClient, make_session
@@ -75,7 +76,9 @@ async def test_live_events_and_jobs_started_later(
     # The stream follows the first job live (the second is found by the look for new jobs).
     for _ in range(500):
         feed = get_hub().feeds.get(first.pk)
-        if feed is not None and any(s.wakeup.waiting for s in feed.subscribers):
+        if feed is not None and any(
+            isinstance(s, Inbox) and s.wakeup.waiting for s in feed.subscribers
+        ):
             break
         await asyncio.sleep(0.01)
     await pub(first, "a")

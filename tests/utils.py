@@ -16,6 +16,8 @@ from django.core.asgi import get_asgi_application
 
 from django_sse import publish
 from django_sse.asgi import DirectWriteMiddleware
+from django_sse.hub import Hub
+from django_sse.inbox import Inbox
 from django_sse.models import Job, JobEvent
 from tests.sse_parser import Event, Parser
 
@@ -157,3 +159,10 @@ async def apublish_in_thread(job: Job | Any, event: str, data: Any = None) -> Jo
 def message(job: Job, seq: int, event: str = "step") -> dict[str, Any]:
     """A channel-layer message announcing event ``seq`` of ``job``, as ``publish`` sends it."""
     return {"type": "django_sse.event", "job": job.pk.hex, "seq": seq, "event": event, "data": "1"}
+
+
+async def subscribe(hub: Hub, job: Job) -> Inbox:
+    """A new inbox, subscribed to the job's events."""
+    inbox = Inbox()
+    await hub.subscribe(job.pk, inbox)
+    return inbox

@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_sse.lifecycle import TERMINAL_TYPES
 from django_sse.models import Job
-from django_sse.queries import fetch_events
+from django_sse.replay import fetch_events
 
 BAR_WIDTH = 30
 
