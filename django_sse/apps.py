@@ -15,15 +15,10 @@ class DjangoSseConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here, once the app registry is ready (Django's place for it): importing
-        # the checks registers them, and the fragments' module imports the models (through
-        # the streams), which cannot load before the registry is ready.
+        # the checks registers them.
         from django_sse import checks  # noqa: F401  (registers the checks)
-        from django_sse.fragments import clear_fragment_cache
 
         setting_changed.connect(clear_cache, dispatch_uid="django_sse.clear_conf_cache")
         setting_changed.connect(
             metrics.clear_on_setting_changed, dispatch_uid="django_sse.clear_metrics"
-        )
-        setting_changed.connect(
-            clear_fragment_cache, dispatch_uid="django_sse.clear_fragment_cache"
         )

@@ -35,6 +35,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.template.loader import select_template
 from django.utils import translation
 from django.utils.translation import get_language
@@ -77,8 +79,10 @@ def render_fragment(job_id: uuid.UUID, event: StoredEvent, language: str | None 
     return _render(job_id, event, get_language() if language is None else language)
 
 
+# Connected here, not in ready(): the cache exists only once this module is imported.
+@receiver(setting_changed, dispatch_uid="django_sse.clear_fragment_cache")
 def clear_fragment_cache(**kwargs: Any) -> None:
-    """Forget rendered fragments (connected to ``setting_changed``: TEMPLATES may change)."""
+    """Forget rendered fragments when a setting changes (TEMPLATES, LANGUAGES ...)."""
     _render.cache_clear()
 
 
