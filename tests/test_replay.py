@@ -1,195 +1,137 @@
-"""A stream's replay: a page of stored events per chunk, the next page read meanwhile."""
+"""Reading stored events back (``replay.py``): ``fetch_events``' pages."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.db import DatabaseError
-from django.test import override_settings
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from django_sse import stream as stream_module
-from django_sse.admission import Ticket
-from django_sse.identity import Identity
-from django_sse.lifecycle import TERMINAL_TYPES
-from django_sse.replay import Page, StoredEvent
-from django_sse.sse import encode_event
-from django_sse.stream import JobStream
+from django_sse import publish, replay
+from django_sse.fastpaths import replay_sql
+from django_sse.jsontext import dump_data
+from django_sse.models import Job, JobEvent
 
-JOB_ID = uuid.uuid4()
+pytestmark = pytest.mark.django_db(transaction=True)
 
-
-def make_stream(resume_from: int = 0) -> JobStream:
-    access = SimpleNamespace(job=SimpleNamespace(pk=JOB_ID), user=None, identity=Identity(1, None))
-    return JobStream(None, access, resume_from, Ticket(None, "test"))  # type: ignore[arg-type]
-
-
-def one_by_one(events: list[StoredEvent], after: int) -> tuple[bytes, int, int, bool]:
-    """The chunk encode_event() makes of ``events``, event by event: the reference."""
-    parts = []
-    sent = 0
-    finished = False
-    for event in events:
-        if event.seq <= after:
-            continue
-        parts.append(encode_event(event.data, event=event.type, id=event.seq))
-        after = event.seq
-        sent += 1
-        if event.type in TERMINAL_TYPES:
-            finished = True
-            break
-    return b"".join(parts), after, sent, finished
-
-
-PAGES = [
-    [StoredEvent(1, "step", '{"n":1}'), StoredEvent(2, "progress", '{"é":"ü\\n"}')],
-    # Data over several lines (not JSON), an event type the quick path leaves to encode_event.
-    [StoredEvent(3, "step", "a\nb\r\nc\rd"), StoredEvent(4, "a b", "x"), StoredEvent(5, "x", "")],
-    # Already sent, then a terminal event, then one that must not go out.
-    [StoredEvent(2, "step", "1"), StoredEvent(6, "succeeded", "{}"), StoredEvent(7, "late", "1")],
-    [StoredEvent(8, "step", '"\u2028 \U0001f600"')],
-]
-
-
-@pytest.mark.parametrize("page", PAGES)
-@pytest.mark.parametrize("resume_from", [0, 3])
-def test_a_page_is_what_encode_event_makes_of_each_event(
-    page: list[StoredEvent], resume_from: int
-) -> None:
-    stream = make_stream(resume_from)
-    chunk = stream._encode(page)
-    expected, last_seq, sent, finished = one_by_one(page, resume_from)
-    assert chunk == expected
-    assert (stream.last_seq, stream.sent) == (last_seq, sent)
-    assert stream.finished == finished
-
-
-@pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\x00b"])
-def test_an_event_type_that_would_break_the_stream_is_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="must not contain"):
-        make_stream()._encode([StoredEvent(1, bad, "{}")])
-
-
-# -- reading ahead ---------------------------------------------------------------------------
-
-
-class FakeStore:
-    """``fetch_page`` over ``count`` events, run on the stream database thread as usual."""
-
-    def __init__(self, count: int, terminal_at: int | None = None) -> None:
-        self.count = count
-        self.terminal_at = terminal_at
-        self.calls: list[tuple[int, int | None]] = []
-        self.gate: dict[int, threading.Event] = {}  # call number -> released when set
-        self.fail_on: int | None = None
-
-    def fetch_page(
-        self,
-        job_id: uuid.UUID,
-        after: int,
-        *,
-        upto: int | None = None,
-        limit: int = 500,
-        max_bytes: int | None = None,
-    ) -> Page:
-        self.calls.append((after, upto))
-        number = len(self.calls)
-        if number in self.gate:
-            assert self.gate[number].wait(10)
-        if number == self.fail_on:
-            raise DatabaseError("connection lost")
-        end = self.count if upto is None else min(upto, self.count)
-        events = [
-            StoredEvent(seq, "succeeded" if seq == self.terminal_at else "step", str(seq))
-            for seq in range(after + 1, min(end, after + limit) + 1)
-        ]
-        return Page(events, len(events) == limit)
+# -- fetch_events ----------------------------------------------------------------------------
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> FakeStore:
-    fake = FakeStore(7)
-    monkeypatch.setattr(stream_module, "fetch_page", fake.fetch_page)
-    return fake
+def job() -> Job:
+    return Job.objects.create(owner=User.objects.create(username="ann"))
 
 
-async def wait_for(condition: Any) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never met")
+@pytest.fixture(params=["raw", "orm"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """ "raw": a cursor (PostgreSQL, SQLite); "orm": the ORM, for other databases."""
+    if request.param == "orm":
+        monkeypatch.setattr(replay_sql, "raw_rows_supported", lambda vendor: False)
+    return str(request.param)
 
 
-def ids(chunk: bytes) -> list[int]:
-    return [int(line[4:]) for line in chunk.decode().splitlines() if line.startswith("id: ")]
+def seqs(job: Job, after: int, **kwargs: Any) -> list[int]:
+    return [e.seq for e in replay.fetch_events(job.pk, after, **kwargs)]
 
 
-@pytest.mark.asyncio
-@override_settings(DJANGO_SSE={"REPLAY_PAGE_SIZE": 3})
-async def test_the_next_page_is_read_while_a_page_is_sent(store: FakeStore) -> None:
-    stream = make_stream()
-    reader = stream._read()
-    first = await reader.__anext__()
-    assert ids(first) == [1, 2, 3]
-    # The chunk is out; the next page is being read without being asked for.
-    await wait_for(lambda: len(store.calls) == 2)
-    rest = [chunk async for chunk in reader]
-    assert [ids(chunk) for chunk in rest] == [[4, 5, 6], [7]]
-    assert store.calls == [(0, None), (3, None), (6, None)]  # a short page is the last
-    assert (stream.last_seq, stream.sent) == (7, 7)
+DATA: list[Any] = [
+    {"n": 1, "é": "ü", "s": "line\nbreak", "f": 1764000000.123456},
+    [1, 2.5, None, True, {"x": []}],
+    "plain text",
+    None,
+    10**20,
+    {"b": 1, "a": 2},
+]
 
 
-@pytest.mark.asyncio
-@override_settings(DJANGO_SSE={"REPLAY_PAGE_SIZE": 3})
-async def test_read_ahead_stops_at_upto_and_at_the_end(store: FakeStore) -> None:
-    stream = make_stream(1)
-    chunks = [chunk async for chunk in stream._read(upto=6)]
-    assert [ids(chunk) for chunk in chunks] == [[2, 3, 4], [5, 6]]
-    assert store.calls == [(1, 6), (4, 6)]
-    store.calls.clear()
-    store.count = 6
-    stream = make_stream()
-    assert [ids(chunk) async for chunk in stream._read()] == [[1, 2, 3], [4, 5, 6]]
-    assert store.calls == [(0, None), (3, None), (6, None)]  # the last page was empty
+def test_fetch_events_gives_the_wire_text(read_path: str, job: Job) -> None:
+    for value in DATA:
+        publish(job, "step", value)
+    events = replay.fetch_events(job.pk, 0)
+    assert [(e.seq, e.type) for e in events] == [(n, "step") for n in range(1, len(DATA) + 1)]
+    for event in events:
+        stored = JobEvent.objects.get(job=job, seq=event.seq).data
+        assert event.data == dump_data(stored)
 
 
-@pytest.mark.asyncio
-@override_settings(DJANGO_SSE={"REPLAY_PAGE_SIZE": 3})
-async def test_a_terminal_event_ends_the_replay(store: FakeStore) -> None:
-    store.terminal_at = 2
-    stream = make_stream()
-    assert [ids(chunk) async for chunk in stream._read()] == [[1, 2]]
-    assert stream.finished
-    # The page read ahead is dropped; nothing more goes out.
-    assert [chunk async for chunk in stream._read()] == []
+def test_fetch_events_pages(read_path: str, job: Job) -> None:
+    for n in range(10):
+        publish(job, "step", n)
+    assert seqs(job, 0, limit=4) == [1, 2, 3, 4]
+    assert seqs(job, 4, limit=4) == [5, 6, 7, 8]
+    assert seqs(job, 8, limit=4) == [9, 10]
+    assert seqs(job, 10, limit=4) == []
+    assert seqs(job, 2, upto=5, limit=4) == [3, 4, 5]
+    assert seqs(job, 2, upto=9, limit=4) == [3, 4, 5, 6]
+    assert seqs(job, 5, upto=5, limit=4) == []
+    assert seqs(job, 0, limit=100) == list(range(1, 11))
+    assert replay.fetch_events(uuid.uuid4(), 0) == []
 
 
-@pytest.mark.asyncio
-@override_settings(DJANGO_SSE={"REPLAY_PAGE_SIZE": 3})
-async def test_a_stream_closed_mid_replay_drops_the_page_read_ahead(store: FakeStore) -> None:
-    release = threading.Event()
-    store.gate[2] = release
-    reader = make_stream()._read()
-    assert ids(await reader.__anext__()) == [1, 2, 3]
-    await wait_for(lambda: len(store.calls) == 2)
-    await reader.aclose()  # the client went away while page 2 was being read
-    release.set()
-    # The database thread is free again, and page 2 went nowhere.
-    assert [ids(chunk) async for chunk in make_stream(6)._read()] == [[7]]
+def test_fetch_events_past_missing_events(read_path: str, job: Job) -> None:
+    for n in range(10):
+        publish(job, "step", n)
+    JobEvent.objects.filter(job=job, seq__in=[3, 4, 5]).delete()  # by hand
+    assert seqs(job, 0, limit=4) == [1, 2, 6, 7]
+    assert seqs(job, 2, limit=4) == [6, 7, 8, 9]
+    assert seqs(job, 0, upto=6, limit=4) == [1, 2, 6]
+    assert seqs(job, 0, upto=4, limit=4) == [1, 2]
 
 
-@pytest.mark.asyncio
-@override_settings(DJANGO_SSE={"REPLAY_PAGE_SIZE": 3})
-async def test_a_database_error_while_reading_ahead_reaches_the_stream(store: FakeStore) -> None:
-    store.fail_on = 2
-    stream = make_stream()
-    reader = stream._read()
-    assert ids(await reader.__anext__()) == [1, 2, 3]
-    with pytest.raises(DatabaseError):
-        await reader.__anext__()
-    assert (stream.last_seq, stream.sent) == (3, 3)
+def test_a_full_page_is_one_query(job: Job) -> None:
+    for n in range(10):
+        publish(job, "step", n)
+    with CaptureQueriesContext(connection) as captured:
+        assert seqs(job, 0, limit=5) == [1, 2, 3, 4, 5]
+        assert seqs(job, 3, upto=6, limit=5) == [4, 5, 6]
+    assert len(captured.captured_queries) == 2
+    # The page's upper bound is in the query: its cost is the page's whatever the plan.
+    assert all(" <= " in q["sql"] for q in captured.captured_queries)
+    # The end of the history: one more query finds that nothing follows.
+    with CaptureQueriesContext(connection) as captured:
+        assert seqs(job, 8, limit=5) == [9, 10]
+    assert len(captured.captured_queries) == 2
+
+
+def test_a_page_stops_at_its_byte_limit(read_path: str, job: Job) -> None:
+    for _ in range(6):
+        publish(job, "big", "x" * 1000)  # 1,002 bytes of JSON each
+    page = replay.fetch_page(job.pk, 0, limit=100, max_bytes=2500)
+    # Two whole events fit, the third would go past the limit: the database cuts the page,
+    # and says more follow.
+    assert [e.seq for e in page.events] == [1, 2]
+    assert page.more
+    page = replay.fetch_page(job.pk, 2, limit=100, max_bytes=2500)
+    assert [e.seq for e in page.events] == [3, 4]
+    assert [e.seq for e in replay.fetch_page(job.pk, 4, limit=100, max_bytes=2500).events] == [
+        5,
+        6,
+    ]
+    last = replay.fetch_page(job.pk, 6, limit=100, max_bytes=2500)
+    assert last == replay.Page([], False)
+
+
+def test_a_page_always_holds_the_next_event_whatever_its_size(read_path: str, job: Job) -> None:
+    publish(job, "big", "x" * 5000)
+    publish(job, "small", 1)
+    page = replay.fetch_page(job.pk, 0, limit=100, max_bytes=100)
+    assert [e.seq for e in page.events] == [1]
+    assert page.more
+
+
+def test_events_without_data_count_as_nothing(read_path: str, job: Job) -> None:
+    for _ in range(5):
+        publish(job, "empty", None)
+    page = replay.fetch_page(job.pk, 0, limit=100, max_bytes=10)
+    assert [e.seq for e in page.events] == [1, 2, 3, 4, 5]
+    assert not page.more
+
+
+def test_a_full_page_says_more_may_follow(read_path: str, job: Job) -> None:
+    for n in range(4):
+        publish(job, "step", n)
+    assert replay.fetch_page(job.pk, 0, limit=2).more
+    assert not replay.fetch_page(job.pk, 2, limit=3).more
