@@ -19,6 +19,7 @@ Nothing here imports ``models.py``: the manager reaches its models through ``sel
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 from collections.abc import Sequence
@@ -132,10 +133,15 @@ class EventManager(models.Manager["JobEvent"]):
         jobs = self._jobs
         job_id = job_id_of(job, jobs)
         using = router.db_for_write(self.model)
+        connection = transaction.get_connection(using)
+        # Autocommit turned off (Django's manual transaction management) is a transaction of the
+        # caller's too, one on_commit() refuses outside an atomic block: the write then gets a
+        # block of its own (a savepoint), inside which the callbacks wait for the caller's commit.
+        manual = not connection.get_autocommit() and not connection.in_atomic_block
         # Inside the caller's transaction the pending value is only dropped once that
         # transaction commits: if it rolls back, the value is still pending for the next write.
-        in_outer_atomic = transaction.get_connection(using).in_atomic_block
-        if in_outer_atomic:
+        in_outer_transaction = connection.in_atomic_block or manual
+        if in_outer_transaction:
             pending = progress_throttle.peek_pending(job_id)
         else:
             pending = progress_throttle.take_pending(job_id)
@@ -148,28 +154,30 @@ class EventManager(models.Manager["JobEvent"]):
         now = timezone.now()
         events = [self.model(job_id=job_id, type=e.type, data=e.data) for e in all_entries]
         try:
-            written = write_events(using, jobs, job_id, updates, now, events)
-            if written is None:
-                status = (
-                    jobs.objects.db_manager(using)
-                    .filter(pk=job_id)
-                    .values_list("status", flat=True)
-                ).first()
-                if status is None:
-                    raise jobs.DoesNotExist(f"Job {job_id} does not exist.")
-                raise JobFinished(f"Job {job_id} has {status}; it takes no more events.")
+            with transaction.atomic(using=using) if manual else contextlib.nullcontext():
+                written = write_events(using, jobs, job_id, updates, now, events)
+                if written is None:
+                    status = (
+                        jobs.objects.db_manager(using)
+                        .filter(pk=job_id)
+                        .values_list("status", flat=True)
+                    ).first()
+                    if status is None:
+                        raise jobs.DoesNotExist(f"Job {job_id} does not exist.")
+                    raise JobFinished(f"Job {job_id} has {status}; it takes no more events.")
+                transaction.on_commit(
+                    functools.partial(pushing.push_events, events), using=using, robust=True
+                )
+                if pending and in_outer_transaction:
+                    transaction.on_commit(
+                        functools.partial(progress_throttle.discard_pending, job_id, pending),
+                        using=using,
+                    )
         except BaseException:
-            if pending and not in_outer_atomic:
+            if pending and not in_outer_transaction:
                 progress_throttle.restore_pending(job_id, pending)
             raise
-        transaction.on_commit(
-            functools.partial(pushing.push_events, events), using=using, robust=True
-        )
         last_seq, status = written
-        if pending and in_outer_atomic:
-            transaction.on_commit(
-                functools.partial(progress_throttle.discard_pending, job_id, pending), using=using
-            )
         if any(e.type in TERMINAL_TYPES for e in all_entries):
             progress_throttle.forget(job_id)
             cancel_check.forget(job_id)

@@ -426,6 +426,48 @@ def test_a_batch_is_pushed_once_after_commit(
     assert batches == [[(1, True)], [(2, True), (3, True)], [(4, True)], [(5, True)]]
 
 
+def test_with_autocommit_off_events_are_pushed_when_the_caller_commits(
+    write_path: str, job: Job, pushed: list[JobEvent]
+) -> None:
+    # Django's manual transaction management: on_commit() is refused outside an atomic block
+    # there; the batch waits for the caller's commit.
+    with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
+        job.set_progress(1)
+        job.set_progress(2)  # pending: written with the next event
+        transaction.set_autocommit(False)
+        try:
+            publish(job, "note")
+            assert [event.seq for event in pushed] == [1]
+            transaction.commit()
+        finally:
+            transaction.set_autocommit(True)
+    assert [event.seq for event in pushed] == [1, 2, 3]
+    assert stored(job) == [(1, "progress"), (2, "progress"), (3, "note")]
+
+
+@pytest.mark.skipif(
+    connection.vendor == "sqlite",
+    reason="Django cannot use atomic() with autocommit off on SQLite (its docs, 'Savepoints in "
+    "SQLite'): a rollback there does not undo a write",
+)
+def test_with_autocommit_off_a_rollback_takes_the_batch_and_its_push(
+    write_path: str, job: Job, pushed: list[JobEvent]
+) -> None:
+    with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
+        job.set_progress(1)
+        job.set_progress(2)  # pending: still pending after the rollback
+        transaction.set_autocommit(False)
+        try:
+            publish(job, "rolled-back")
+            transaction.rollback()
+            publish(job, "note")
+            transaction.commit()
+        finally:
+            transaction.set_autocommit(True)
+    assert [event.seq for event in pushed] == [1, 2, 3]
+    assert stored(job) == [(1, "progress"), (2, "progress"), (3, "note")]
+
+
 def test_no_signal_receiver_of_ours_pushes_events() -> None:
     assert not post_save.has_listeners(JobEvent)
 
