@@ -77,6 +77,11 @@ class DirectWriter:
                 return
         self.inbox.deliver(item, now)
 
+    def miss(self, seq: int) -> None:
+        """Event ``seq`` could not be taken: the stream's task reads it from the database."""
+        self._hand_over()
+        self.inbox.miss(seq)
+
     def write(self, seq: int, chunk: bytes, terminal: bool, now: float) -> bool:
         """Write event ``seq`` (its bytes: ``chunk``) if it is the next one and may go now.
         False: not handled; the stream's task takes over."""

@@ -36,10 +36,13 @@ Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 class Subscriber(Protocol):
     """What the hub hands a job's events to: a stream's ``inbox.Inbox``, or its
     ``direct.DirectWriter`` while it writes to the server itself. ``now`` is the loop's time
-    when the event is handed out. It must not raise (a subscriber that does is logged and
-    skipped for this event)."""
+    when the event is handed out. ``deliver`` must not raise; should it (a bug), the feed logs
+    it and calls ``miss`` with the event's ``seq``, and the stream reads that event from the
+    database, so even then its browser misses nothing."""
 
     def deliver(self, item: EncodedEvent, now: float) -> None: ...
+
+    def miss(self, seq: int) -> None: ...
 
 
 def last_seqs(job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, int]:
@@ -121,10 +124,19 @@ class JobFeed:
             try:
                 subscriber.deliver(item, now)
             except Exception:
-                # A bug: this subscriber misses the event (its stream resumes from the
-                # database); the others go on.
+                # A bug: this subscriber's stream reads the event from the database instead;
+                # the others go on.
                 logger.exception("Handing event %d of job %s out failed.", event.seq, self.job_id)
+                self._missed(subscriber, event.seq)
         self.seq = event.seq
+
+    def _missed(self, subscriber: Subscriber, seq: int) -> None:
+        try:
+            subscriber.miss(seq)
+        except Exception:
+            logger.exception(
+                "Telling a stream of job %s to read event %d failed.", self.job_id, seq
+            )
 
     def fill_gap(self, upto: int) -> None:
         """Read the events after ``seq`` up to ``upto`` from the database, in a task, holding

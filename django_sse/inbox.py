@@ -80,6 +80,12 @@ class Inbox:
                 budget.used += size
         self.wakeup.set()
 
+    def miss(self, seq: int) -> None:
+        """Event ``seq`` could not be taken: the stream reads it, and anything queued after it,
+        from the database."""
+        self._overflow(max(seq, self.behind))
+        self.wakeup.set()
+
     def _overflow(self, seq: int) -> None:
         self.behind = seq
         if self.items:

@@ -11,10 +11,18 @@ from asgiref.sync import sync_to_async
 from django.test import override_settings
 
 from django_sse import publish
+from django_sse.direct import DirectWriter
 from django_sse.hub import get_hub
 from django_sse.inbox import EncodedEvent, Inbox
 from django_sse.models import Job
-from tests.utils import message, subscribe
+from tests.utils import (
+    application,
+    apublish_in_thread,
+    message,
+    open_stream,
+    plain_application,
+    subscribe,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -208,8 +216,13 @@ async def test_a_subscriber_that_raises_misses_the_event_alone(
     hub_cleanup: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken:
+        missed: list[int] = []
+
         def deliver(self, item: EncodedEvent, now: float) -> None:
             raise RuntimeError("a bug")
+
+        def miss(self, seq: int) -> None:
+            self.missed.append(seq)
 
     job = await Job.objects.acreate()
     hub = get_hub()
@@ -222,3 +235,36 @@ async def test_a_subscriber_that_raises_misses_the_event_alone(
     assert [item.event.seq for item in items(after)] == [1]
     assert hub.feeds[job.pk].seq == 1
     assert f"Handing event 1 of job {job.pk} out failed." in caplog.text
+    assert broken.missed == [1]  # its stream reads the event from the database
+
+
+@override_settings(DJANGO_SSE={"POLL_SECONDS": 60})
+@pytest.mark.parametrize("direct", [False, True], ids=["inbox", "direct-writer"])
+async def test_an_event_a_subscriber_failed_to_take_reaches_its_browser_once(
+    hub_cleanup: None, job: Job, owner_key: str, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    # Without the middleware the stream's inbox subscribes; with it, once caught up, its
+    # direct writer does.
+    app = application if direct else plain_application
+    subscriber: type[Inbox | DirectWriter] = DirectWriter if direct else Inbox
+    client = await open_stream(job.pk, owner_key, app=app)
+    await client.read_chunk()  # retry:
+    await apublish_in_thread(job, "a")
+    await client.read_events(1)  # caught up: live events come through the hub from now on
+    real = subscriber.deliver
+    failed: list[int] = []
+
+    def flaky(self: Any, item: EncodedEvent, now: float) -> None:  # a one-off bug
+        if item.event.seq == 2 and not failed:
+            failed.append(2)
+            raise RuntimeError("a bug")
+        real(self, item, now)
+
+    monkeypatch.setattr(subscriber, "deliver", flaky)
+    for name in ("b", "c"):
+        await apublish_in_thread(job, name)
+    await client.read_events(3, timeout=3)
+    assert await client.nothing_within(0.5)  # and nothing twice
+    assert failed == [2]
+    assert client.seqs == [1, 2, 3]
+    await client.disconnect()
