@@ -8,6 +8,17 @@ The orchestrator (``harness.py``) drives each worker through a pipe:
 - ``("collect", {"timeout": s})``: wait until every connection has every expected event or the
   timeout passes; reply with counts and the publish->receipt latencies (array of doubles).
 - ``("status", {})``: connections still open, bytes received.
+- ``("storm", {"t_back": t})``: the reconnect storm's per-connection accounting (see
+  ``storm.catch_up``): when each connection had every event published before ``t``.
+
+Reconnect storms (``spec["reconnect"]``): a connection that ends, or cannot connect, opens again
+after the ``retry:`` delay of its stream with ``Last-Event-ID``, as a browser's EventSource does,
+trying the next of ``spec["ports"]`` at once when one refuses (a load balancer's health check).
+Its bitmap of received events lives on, so loss and duplicates count over all its connections.
+
+Saturation (``spec["progress_file"]``): the worker writes the fewest events any of its open
+connections has (an int64 at ``progress_slot``) every few ms, for the harness to pace the
+publisher on.
 - ``("close", {})``: close everything and exit.
 
 Every wait is bounded; traffic goes to the host given (127.0.0.1 only).
@@ -19,6 +30,8 @@ import array
 import asyncio
 import contextlib
 import json
+import mmap
+import struct
 import time
 from typing import Any
 
@@ -36,17 +49,33 @@ class Conn(asyncio.Protocol):
         "headers_done",
         "last_progress",
         "parser",
+        "port_index",
+        "pub_t",
+        "reconnects",
+        "recv_at",
+        "request",
         "seen",
         "status",
         "subscribed",
         "subscribed_event",
+        "t_resumed",
         "transport",
         "unique",
         "w",
     )
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, request: bytes = b"", port_index: int = 0) -> None:
         self.w = worker
+        self.request = request or worker.request
+        self.port_index = port_index
+        self.reconnects = 0
+        self.t_resumed = 0.0  # first body chunk of the latest reconnection (-1: awaited)
+        # Storm accounting: receipt time and publish time of each event (by index).
+        self.recv_at: array.array[float] | None = None
+        self.pub_t: array.array[float] | None = None
+        if worker.reconnect:
+            self.recv_at = array.array("d", bytes(8 * worker.n_expected))
+            self.pub_t = array.array("d", bytes(8 * worker.n_expected))
         self.transport: asyncio.Transport | None = None
         self.head = b""
         self.headers_done = False
@@ -64,7 +93,12 @@ class Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self.w.request)  # type: ignore[union-attr]
+        self.closed = False
+        request = self.request
+        if self.w.reconnect and self.parser.last_id:
+            # What a browser's EventSource sends when it reconnects.
+            request = request[:-2] + f"Last-Event-ID: {self.parser.last_id}\r\n\r\n".encode()
+        self.transport.write(request)  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -72,7 +106,24 @@ class Conn(asyncio.Protocol):
             self.w.disconnects += 1
             if not self.subscribed:
                 self.error = self.error or f"closed before first chunk (status {self.status})"
+            if self.w.reconnect and not self.error.startswith("status"):
+                self.w.schedule_reconnect(self)
+                return
         self.w.check_done()
+
+    def reset_for_reconnect(self) -> None:
+        """A new response on the same logical stream: the HTTP and chunk state start over, the
+        SSE parser keeps its last id and retry delay (as EventSource does)."""
+        self.head = b""
+        self.headers_done = False
+        self.status = 0
+        self.chunked = False
+        self.decoder = ChunkedDecoder()
+        last_id, retry, comments = self.parser.last_id, self.parser.retry, self.parser.comments
+        self.parser = SSEParser()
+        self.parser.last_id, self.parser.retry = last_id, retry
+        self.parser.comments = comments
+        self.t_resumed = -1.0
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
@@ -112,6 +163,8 @@ class Conn(asyncio.Protocol):
         if not self.subscribed:
             self.subscribed = True
             self.w.on_subscribed()
+        if self.t_resumed < 0:
+            self.t_resumed = now
         events = self.parser.feed(data)
         if not events:
             return
@@ -142,6 +195,9 @@ class Conn(asyncio.Protocol):
                 else:
                     self.seen[i] = 1
                     self.unique += 1
+                    if self.recv_at is not None and self.pub_t is not None:
+                        self.recv_at[i] = now
+                        self.pub_t[i] = obj["t"]
                     w.received += 1
                     w.lat.append(now - obj["t"])
                     w.recv_t.append(now)
@@ -181,6 +237,14 @@ class Worker:
         self._sub_event: asyncio.Event | None = None
         self._done_event: asyncio.Event | None = None
         self._sub_target = 0
+        # Reconnect storms.
+        self.reconnect = False
+        self.host = ""
+        self.ports: list[int] = []
+        self.reconnect_attempts = 0
+        self.refused = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._progress: mmap.mmap | None = None
 
     def on_subscribed(self) -> None:
         self.subscribed += 1
@@ -191,25 +255,79 @@ class Worker:
         if self._done_event is None or self._done_event.is_set():
             return
         for c in self.conns:
-            if c.unique < self.n_expected and not c.closed:
+            # A storm's connection waiting for its retry delay is not done either.
+            waiting = c.closed and self.reconnect and not c.error
+            if c.unique < self.n_expected and (not c.closed or waiting):
                 return
         self._done_event.set()
+
+    def schedule_reconnect(self, conn: Conn) -> None:
+        retry_ms = conn.parser.retry if conn.parser.retry is not None else 3000
+        task = asyncio.get_running_loop().create_task(self._reconnect(conn, retry_ms / 1000))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reconnect(self, conn: Conn, delay: float) -> None:
+        """Bounded: gives up after 60 attempts (3 minutes at the default retry delay)."""
+        loop = asyncio.get_running_loop()
+        for _attempt in range(60):
+            await asyncio.sleep(delay)
+            if self.closing:
+                return
+            for step in range(len(self.ports)):
+                index = (conn.port_index + step) % len(self.ports)
+                self.reconnect_attempts += 1
+                conn.reset_for_reconnect()
+                try:
+                    await asyncio.wait_for(
+                        loop.create_connection(lambda: conn, self.host, self.ports[index]), 20
+                    )
+                except (OSError, asyncio.TimeoutError):
+                    self.refused += 1
+                    continue
+                conn.port_index = index
+                conn.reconnects += 1
+                return
+        conn.error = conn.error or "gave up reconnecting"
+        self.check_done()
+
+    async def _write_progress(self, slot: int) -> None:
+        """Saturation pacing: the fewest events any open connection has, every 5 ms."""
+        assert self._progress is not None
+        while not self.closing:
+            least = min((c.unique for c in self.conns if not c.closed), default=1 << 62)
+            struct.pack_into("q", self._progress, 8 * slot, least)
+            await asyncio.sleep(0.005)
+
+    def request_for(self, host: str, port: int, path: str, cookie: str) -> bytes:
+        headers = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Accept: text/event-stream",
+            "Cache-Control: no-cache",
+        ]
+        if cookie:
+            headers.append(f"Cookie: {cookie}")
+        return ("\r\n".join(headers) + "\r\n\r\n").encode()
 
     async def open(self, spec: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         self.n_expected = int(spec["n_expected"])
         self.event_type = spec.get("event_type", "bench")
         self.mode = spec.get("mode", "bench")
+        self.reconnect = bool(spec.get("reconnect"))
         host, port = spec["host"], int(spec["port"])
-        headers = [
-            f"GET {spec['path']} HTTP/1.1",
-            f"Host: {host}:{port}",
-            "Accept: text/event-stream",
-            "Cache-Control: no-cache",
-        ]
-        if spec.get("cookie"):
-            headers.append(f"Cookie: {spec['cookie']}")
-        self.request = ("\r\n".join(headers) + "\r\n\r\n").encode()
+        self.host = host
+        self.ports = [int(p) for p in spec.get("ports", [port])]
+        cookie = spec.get("cookie", "")
+        self.request = self.request_for(host, port, spec["path"], cookie)
+        paths = spec.get("paths") or [spec["path"]]
+        first = len(self.conns)
+        if spec.get("progress_file") and self._progress is None:
+            self._progress = map_file(spec["progress_file"])
+            task = loop.create_task(self._write_progress(int(spec.get("progress_slot", 0))))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         count = int(spec["count"])
         self._sub_event = asyncio.Event()
         self._sub_target = self.subscribed + count
@@ -217,18 +335,24 @@ class Worker:
         started = time.monotonic()
         connect_timeout = float(spec.get("connect_timeout", 20))
 
-        async def one() -> None:
+        async def one(k: int) -> None:
+            index = (first + k) % len(self.ports)
+            path = paths[(first + k) % len(paths)]
+            request = self.request_for(host, self.ports[index], path, cookie)
             async with sem:
                 try:
                     _t, conn = await asyncio.wait_for(
-                        loop.create_connection(lambda: Conn(self), host, port), connect_timeout
+                        loop.create_connection(
+                            lambda: Conn(self, request, index), host, self.ports[index]
+                        ),
+                        connect_timeout,
                     )
                     self.conns.append(conn)
                 except Exception as exc:
                     self.connect_errors.append(repr(exc))
                     self._sub_target -= 1
 
-        await asyncio.gather(*(one() for _ in range(count)))
+        await asyncio.gather(*(one(k) for k in range(count)))
         connected = time.monotonic() - started
         if self.subscribed < self._sub_target:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -270,6 +394,10 @@ class Worker:
             "progress_done_at": min(self.progress_done_at) if self.progress_done_at else None,
             "last_progress": max((c.last_progress for c in self.conns), default=-1),
             "comments": sum(c.parser.comments for c in self.conns),
+            "reconnects": sum(c.reconnects for c in self.conns),
+            "reconnect_attempts": self.reconnect_attempts,
+            "refused": self.refused,
+            "gave_up": sum(1 for c in self.conns if c.error == "gave up reconnecting"),
         }
         if with_latencies:
             out["lat"] = self.lat.tobytes()
@@ -279,9 +407,17 @@ class Worker:
 
     def close(self) -> None:
         self.closing = True
+        for task in list(self._tasks):
+            task.cancel()
         for c in self.conns:
             if c.transport is not None:
                 c.transport.abort()
+
+
+def map_file(path: str) -> mmap.mmap:
+    """The shared progress file, mapped (a few bytes: opening it once does not block)."""
+    with open(path, "r+b") as f:
+        return mmap.mmap(f.fileno(), 0)
 
 
 def worker_main(pipe: Any) -> None:
@@ -302,6 +438,10 @@ def worker_main(pipe: Any) -> None:
                 pipe.send(await w.collect(spec))
             elif cmd == "status":
                 pipe.send(w.snapshot())
+            elif cmd == "storm":
+                from benchmarks.storm import catch_up
+
+                pipe.send(catch_up(w.conns, float(spec["t_back"])))
             elif cmd == "close":
                 w.close()
                 await asyncio.sleep(0.2)

@@ -89,9 +89,39 @@ QUICK = {
 }
 ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "SWEEP"]
 
+# -- issue 14: saturation (S8), the reconnect storm (S10), S3 at 10,000 streams ----------------
+# S8 and S10 live in saturation.py and storm.py; S3-10k is S3 with larger steps. Peers with a
+# thread and a database connection per stream (naive, eventstream) are left out of S3-10k:
+# 10,000 threads and SQLite connections measure the thread, not the stream.
+FULL["S8"] = {"subs": 1000, "n": 500, "window": 20}
+QUICK["S8"] = {"subs": 100, "n": 200, "window": 20}
+FULL["S3-10k"] = {"steps": [2000, 5000, 10000], "hold": 10.0}
+QUICK["S3-10k"] = {"steps": [500, 1000, 2000], "hold": 3.0}
+ALL_SCENARIOS += ["S8", "S10", "S3-10k"]
+S8_CONFIGS = ["daphne-pg-pubsub", "uvicorn-pg-pubsub", "granian-pg-pubsub"]
+# The most open files a process may need: 10,000 streams, their replies, the database.
+NOFILE_WANTED = 32768
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's open-file limit (servers and client workers inherit it): the soft
+    limit to the hard one, and the hard one to ``NOFILE_WANTED`` where allowed (root)."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < NOFILE_WANTED:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_WANTED, NOFILE_WANTED))
+            return NOFILE_WANTED, NOFILE_WANTED
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
 
 def applies(scenario: str, config: str) -> bool:
     c = CONFIGS[config]
+    if scenario in ("S8", "S10", "S3-10k"):
+        return applies_issue14(scenario, config)
     if not c.get("direct", True):
         return scenario in ("S1", "S3")
     if scenario in ("S5", "S6"):
@@ -99,6 +129,18 @@ def applies(scenario: str, config: str) -> bool:
     if scenario == "S7":
         return publish_path(config) == "external"
     return True
+
+
+def applies_issue14(scenario: str, config: str) -> bool:
+    c = CONFIGS[config]
+    if scenario == "S8":
+        return config in S8_CONFIGS or (config in PEERS and c.get("direct", True))
+    if scenario == "S10":
+        from benchmarks import storm
+
+        return storm.applies(c)
+    # S3-10k
+    return config in S8_CONFIGS or config in ("peer-starlette", "peer-raw")
 
 
 def publish_path(config: str) -> str:
@@ -165,6 +207,15 @@ def fds_to(pid: int, path: str) -> int:
                 if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
                     n += 1
     return n
+
+
+def nofile_of(pid: int) -> int | None:
+    """The soft open-file limit of a running process (checks that the raise reached it)."""
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    return None
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -293,8 +344,9 @@ class Env:
 
 
 class Server:
-    def __init__(self, env: Env, log_dir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, env: Env, log_dir: Path, port: int | None = None) -> None:
+        # ``port``: start again where a killed server listened (S10's restart).
+        self.port = port or free_port()
         c = env.c
         if c["server"] == "daphne":
             cmd = [
@@ -364,7 +416,7 @@ class Server:
                 "1800",
             ]
         self.log_path = log_dir / f"server-{env.config}-{self.port}.log"
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd,
                 cwd=ROOT,
@@ -374,12 +426,14 @@ class Server:
                 stderr=log,
             )
         self.pid = self.proc.pid
+        self.listening_at = 0.0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
                 with socket.create_connection((HOST, self.port), timeout=0.5):
+                    self.listening_at = time.time()
                     break
             except OSError:
                 time.sleep(0.1)
@@ -453,6 +507,7 @@ class Clients:
         path: str,
         event_type: str = "bench",
         mode: str = "bench",
+        extra: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         k = len(self.pipes)
         shares = [total // k + (1 if i < total % k else 0) for i in range(k)]
@@ -471,6 +526,8 @@ class Clients:
             }
             for s in shares
         ]
+        for spec, more in zip(specs, extra or [], strict=False):
+            spec.update(more)
         replies = self.call("open", specs, timeout=240)
         merged: dict[str, Any] = {}
         for r in replies:
@@ -538,7 +595,9 @@ class Publisher:
         rate: float,
         mode: str = "events",
         max_seconds: float = 600,
+        credit: bool = False,
     ) -> None:
+        # credit: publish event i only once told "CREDIT n" with n > i (S8's pacing).
         self.path = publish_path(config)
         self.server = server
         self.proc: subprocess.Popen[str] | None = None
@@ -563,6 +622,7 @@ class Publisher:
                     mode,
                     "--max-seconds",
                     str(max_seconds),
+                    *(["--credit"] if credit else []),
                 ],
                 cwd=ROOT,
                 env=env.env,
@@ -595,6 +655,13 @@ class Publisher:
 
     def cpu(self) -> float:
         return cpu_s(self.proc.pid) if self.proc is not None else 0.0
+
+    def give(self, credit: int) -> None:
+        """Let an external publisher with ``credit`` publish events up to ``credit`` - 1."""
+        if self.proc is not None and self.proc.stdin is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.write(f"CREDIT {credit}\n")
+                self.proc.stdin.flush()
 
     def result(self, timeout: float) -> dict[str, Any]:
         if self.proc is not None:
@@ -838,11 +905,11 @@ class Runner:
             out["sched_lat_p99_ms"] = 1000 * pct(sched, 0.99)  # type: ignore[operator]
         return out
 
-    def s3(self, config: str, env: Env) -> dict[str, Any]:
-        steps, hold = self.p["S3"]["steps"], self.p["S3"]["hold"]
+    def s3(self, config: str, env: Env, scenario: str = "S3") -> dict[str, Any]:
+        steps, hold = self.p[scenario]["steps"], self.p[scenario]["hold"]
         server = Server(env, self.tmp)
         clients = Clients(1)
-        res = self.base("S3", config, env, server)
+        res = self.base(scenario, config, env, server)
         profiler = None
         try:
             job = env.new_job()
@@ -877,7 +944,7 @@ class Runner:
             open_cpu = cpu_s(server.pid) - cpu0
             if self.args.profile:
                 profiler = Profiler(
-                    server.pid, self.profile_dir / f"S3-{config}.txt", max(2.0, hold - 1)
+                    server.pid, self.profile_dir / f"{scenario}-{config}.txt", max(2.0, hold - 1)
                 )
             hold_cpu0 = cpu_s(server.pid)
             time.sleep(hold)
@@ -890,6 +957,7 @@ class Runner:
                 subscribed=status["subscribed"],
                 disconnects=status["disconnects"],
                 rss_held_kb=rss_kb(server.pid),
+                nofile_limit=nofile_of(server.pid),
                 threads_held=threads(server.pid),
                 db_conns_held=env.db_conns(server.pid),
                 open_all_seconds=open_s,
@@ -1021,7 +1089,8 @@ class Runner:
         if not todo:
             return
         print(f"== {config}: {' '.join(todo)}", flush=True)
-        env = Env(config, self.tmp, jobs=24)
+        # 24 for the first scenarios, 2 x 20 for S10's two storms.
+        env = Env(config, self.tmp, jobs=64)
         try:
             for scenario in todo:
                 started = time.monotonic()
@@ -1056,7 +1125,20 @@ class Runner:
             return [self.s5(config, env)]
         if scenario == "S6":
             return [self.s6(config, env)]
+        if scenario in ("S8", "S10", "S3-10k"):
+            return self.run_issue14(scenario, config, env)
         raise ValueError(scenario)
+
+    def run_issue14(self, scenario: str, config: str, env: Env) -> list[dict[str, Any]]:
+        if scenario == "S8":
+            from benchmarks import saturation
+
+            return [saturation.run(self, config, env)]
+        if scenario == "S10":
+            from benchmarks import storm
+
+            return [storm.run(self, config, env, shape) for shape in storm.SHAPES]
+        return [self.s3(config, env, "S3-10k")]
 
     def save(self) -> None:
         out = Path(self.args.out)
@@ -1089,6 +1171,12 @@ def one_line(r: dict[str, Any]) -> str:
         "task_seconds",
         "last_value_delivered",
         "server_cpu_s",
+        # issue 14
+        "server_cpu_us_per_delivery",
+        "restarted",
+        "reconnects",
+        "catch_up_max_s",
+        "beyond_retry_max_s",
     ]
     parts = []
     for k in keys:
@@ -1110,6 +1198,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the server")
     parser.add_argument("--out", default=str(BENCH / "results" / "results.json"))
     args = parser.parse_args()
+    nofile = raise_nofile()
+    print(f"open-file limit: {nofile[0]} (hard {nofile[1]})", flush=True)
     scenarios = args.scenario or ALL_SCENARIOS
     configs = args.config or list(CONFIGS)
     # Peers first: every ratio is against a peer measured in the same run.

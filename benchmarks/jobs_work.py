@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.schedule import run_sync
 
 
-def publish_events(job_id: str, n: int, rate: float, max_seconds: float) -> dict[str, Any]:
+def publish_events(
+    job_id: str,
+    n: int,
+    rate: float,
+    max_seconds: float,
+    credit: Callable[[], int] | None = None,
+) -> dict[str, Any]:
     from django_sse import publish
     from django_sse.models import Job
 
     job = Job.objects.get(pk=job_id)
     cpu0 = time.process_time()
-    stats = run_sync(n, rate, lambda i, t: publish(job, "bench", {"t": t, "i": i}), max_seconds)
+    stats = run_sync(
+        n, rate, lambda i, t: publish(job, "bench", {"t": t, "i": i}), max_seconds, credit
+    )
     stats["publisher_cpu_s"] = time.process_time() - cpu0
     return stats
 

@@ -1,11 +1,12 @@
 """A publisher in its own process (a task worker), started by the harness.
 
 python -m benchmarks.publisher --kind ours|naive|eventstream --target JOB_OR_TOPIC \
-    --n N --rate R [--mode events|progress] [--max-seconds S]
+    --n N --rate R [--mode events|progress] [--max-seconds S] [--credit]
 
 Sets Django up, prints ``READY``, waits (at most 120 s) for a line on stdin, publishes, and
 prints one JSON line of stats: publish rate achieved, lag against each event's scheduled time,
-time spent in each publish call.
+time spent in each publish call. With ``--credit`` (S8) it publishes event i only once a
+``CREDIT n`` line with n > i came on stdin: the harness paces it on the slowest subscriber.
 """
 
 from __future__ import annotations
@@ -16,10 +17,25 @@ import json
 import os
 import select
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.schedule import run_async, run_sync
+
+
+def read_credit() -> Callable[[], int]:
+    """Follow ``CREDIT n`` lines on stdin in a thread; return what was granted so far."""
+    granted = [0]
+
+    def follow() -> None:
+        for line in sys.stdin:
+            if line.startswith("CREDIT "):
+                granted[0] = max(granted[0], int(line.split()[1]))
+
+    threading.Thread(target=follow, name="credit", daemon=True).start()
+    return lambda: granted[0]
 
 
 def main() -> int:
@@ -30,6 +46,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--mode", default="events", choices=["events", "progress"])
     parser.add_argument("--max-seconds", type=float, default=600)
+    parser.add_argument("--credit", action="store_true", help="wait for CREDIT lines (S8)")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     import django
@@ -56,6 +73,7 @@ def main() -> int:
     if not ready:
         return 2
     sys.stdin.readline()
+    credit = read_credit() if args.credit else None
     cpu0 = time.process_time()
     stats: dict[str, Any]
     if args.kind == "ours":
@@ -65,7 +83,9 @@ def main() -> int:
             stats = jobs_work.progress_loop(args.target, args.n)
         else:
             assert prepare is not None
-            stats = jobs_work.publish_events(args.target, args.n, args.rate, args.max_seconds)
+            stats = jobs_work.publish_events(
+                args.target, args.n, args.rate, args.max_seconds, credit
+            )
     elif args.kind == "naive":
 
         def send(i: int, t: float) -> Any:
@@ -73,13 +93,13 @@ def main() -> int:
                 group, {"type": "bench.event", "data": json.dumps({"t": t, "i": i})}
             )
 
-        stats = asyncio.run(run_async(args.n, args.rate, send, args.max_seconds))
+        stats = asyncio.run(run_async(args.n, args.rate, send, args.max_seconds, credit))
     else:
 
         def send_es(i: int, t: float) -> None:
             send_event(args.target, "bench", {"t": t, "i": i})
 
-        stats = run_sync(args.n, args.rate, send_es, args.max_seconds)
+        stats = run_sync(args.n, args.rate, send_es, args.max_seconds, credit)
     stats["publisher_cpu_s"] = time.process_time() - cpu0
     if args.kind == "ours":
         from django_sse.pushing import layer_sender

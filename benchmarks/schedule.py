@@ -1,5 +1,8 @@
 """Publishing on a schedule (event i is due at t0 + i / rate; rate 0: as fast as possible),
-with the lag of each publish against its scheduled time, shared by every publisher."""
+with the lag of each publish against its scheduled time, shared by every publisher.
+
+``credit`` (S8's pacing): a callable giving how many events may be published so far; event i
+waits until it exceeds i, so the publisher goes exactly as fast as the server delivers."""
 
 from __future__ import annotations
 
@@ -41,7 +44,11 @@ def summarize(
 
 
 def run_sync(
-    n: int, rate: float, publish: Callable[[int, float], Any], max_seconds: float
+    n: int,
+    rate: float,
+    publish: Callable[[int, float], Any],
+    max_seconds: float,
+    credit: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
     """Call ``publish(i, t)`` n times on schedule (in the calling thread)."""
     t0 = time.time() + 0.05
@@ -57,6 +64,8 @@ def run_sync(
             wait = t0 + i / rate - time.time()
             if wait > 0:
                 time.sleep(wait)
+        while credit is not None and credit() <= i and time.monotonic() < deadline:
+            time.sleep(0.0005)
         t = time.time()
         try:
             publish(i, t)
@@ -73,6 +82,7 @@ async def run_async(
     rate: float,
     publish: Callable[[int, float], Awaitable[Any] | None],
     max_seconds: float,
+    credit: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
     """The same on the running event loop (the peers' in-process publishers)."""
     t0 = time.time() + 0.05
@@ -89,6 +99,9 @@ async def run_async(
             await asyncio.sleep(max(0.0, wait))
         else:
             await asyncio.sleep(0)
+        # The credit comes from another thread: a short poll, bounded by the deadline.
+        while credit is not None and credit() <= i and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.0005)
         t = time.time()
         try:
             result = publish(i, t)
