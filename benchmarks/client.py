@@ -58,6 +58,7 @@ class Conn(asyncio.Protocol):
         "status",
         "subscribed",
         "subscribed_event",
+        "t_lost",
         "t_resumed",
         "transport",
         "unique",
@@ -70,6 +71,7 @@ class Conn(asyncio.Protocol):
         self.port_index = port_index
         self.reconnects = 0
         self.t_resumed = 0.0  # first body chunk of the latest reconnection (-1: awaited)
+        self.t_lost = 0.0  # when the latest connection ended
         # Storm accounting: receipt time and publish time of each event (by index).
         self.recv_at: array.array[float] | None = None
         self.pub_t: array.array[float] | None = None
@@ -107,6 +109,7 @@ class Conn(asyncio.Protocol):
             if not self.subscribed:
                 self.error = self.error or f"closed before first chunk (status {self.status})"
             if self.w.reconnect and not self.error.startswith("status"):
+                self.t_lost = time.time()
                 self.w.schedule_reconnect(self)
                 return
         self.w.check_done()

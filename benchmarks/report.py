@@ -138,12 +138,14 @@ def fanout_table(rows: list[dict[str, Any]], scenario: str, title: str) -> list[
     return out
 
 
-def s3_table(rows: list[dict[str, Any]]) -> list[str]:
-    got = by(rows, "S3")
+def s3_table(
+    rows: list[dict[str, Any]], scenario: str = "S3", title: str = "S3: idle streams held"
+) -> list[str]:
+    got = by(rows, scenario)
     if not got:
         return []
     out = [
-        "### S3: idle streams held",
+        f"### {title}",
         "",
         "| config | streams | still open after hold | RSS before MB | RSS held MB | RSS per "
         "stream KB | threads | DB conns | time to open all s | server CPU to open s | server "
@@ -353,6 +355,10 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         p50, p99 = r.get("lat_p50_ms"), r.get("lat_p99_ms")
         line("S7", c, "p50 ≤ 5 ms", f"{f(p50)} ms", None if p50 is None else p50 <= 5)
         line("S7", c, "p99 ≤ 50 ms", f"{f(p99)} ms", None if p99 is None else p99 <= 50)
+    # Issue 14's scale scenarios (S8, S10, S3-10k).
+    from benchmarks import report_scale
+
+    report_scale.target_lines(rows, line)
     out.append("")
     if any(r.get("quick") for r in rows):
         out.append("(Quick run: small N; the targets are defined for the full sizes.)")
@@ -454,6 +460,10 @@ def plots(rows: list[dict[str, Any]], plot_dir: Path) -> list[str]:
         fig.savefig(plot_dir / "memory.png", dpi=90)
         plt.close(fig)
         made.append("plots/memory.png")
+    # Issue 14's scale scenarios (S8, S10).
+    from benchmarks import report_scale
+
+    made += report_scale.plots(rows, plot_dir, plt)
     return made
 
 
@@ -490,6 +500,10 @@ def main() -> int:
     md += fanout_table(rows, "S7", "S7: one subscriber, publisher in a separate process (Redis)")
     for s in sorted({r["scenario"] for r in rows if r.get("scenario", "").startswith("SWEEP")}):
         md += fanout_table(rows, s, f"{s}: fan-out sweep point")
+    # Issue 14's scale scenarios (S8, S10, S3-10k).
+    from benchmarks import report_scale
+
+    md += report_scale.tables(rows)
     errors = [r for r in rows if "error" in r]
     if errors:
         md += ["## Runs that failed", ""]

@@ -86,6 +86,9 @@ def run(runner: Runner, config: str, env: Env) -> dict[str, Any]:
             paced_by=("slowest subscriber, window" if paced else "the server's event loop"),
         )
         cpu0, ccpu0 = harness.cpu_s(server.pid), clients.cpu()
+        profiler = None
+        if runner.args.profile:
+            profiler = harness.Profiler(server.pid, runner.profile_dir / f"S8-{config}.txt", 10)
         publisher.go()  # "GO" first: the publisher reads its first stdin line as the start
         if paced:
             pacer = Pacer(progress, workers, publisher, window)
@@ -108,6 +111,8 @@ def run(runner: Runner, config: str, env: Env) -> dict[str, Any]:
             threads_end=harness.threads(server.pid),
             publisher=pstats,
         )
+        if profiler is not None:
+            res["profile"] = profiler.finish()
         if res["received"]:
             res["server_cpu_us_per_delivery"] = 1e6 * server_cpu / res["received"]
             res["deliveries_per_server_cpu_s"] = (

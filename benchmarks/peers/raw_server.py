@@ -7,6 +7,10 @@ GET /bench/stats?run=              -> the publisher's stats as JSON ({} while ru
 
 ``--drop-every K`` / ``--dup-every K`` inject faults (event i with i % K == 0 is not sent / sent
 twice to every stream): the harness self-test uses them to check its loss and duplicate counts.
+
+The storm self-test: ``--cut-at K`` closes every stream just before event K (a crash, as the
+clients see it); a request with ``Last-Event-ID: L`` gets every event from index L on (id is
+index + 1), shifted by ``--resume-skew`` (+1: one event lost per resume, -1: one sent twice).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,6 +26,7 @@ from benchmarks.schedule import run_async
 
 streams: set[asyncio.Transport] = set()
 runs: dict[str, dict[str, Any]] = {}
+sent: list[bytes] = []  # every event's chunk, by index: what a resume replays
 ARGS: argparse.Namespace
 
 
@@ -43,7 +49,12 @@ class Handler(asyncio.Protocol):
         self.buf += data
         if b"\r\n\r\n" not in self.buf:
             return
-        line = self.buf.split(b"\r\n", 1)[0].decode()
+        head = self.buf.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        line = head[0].decode()
+        last_id = next(
+            (int(h.split(b":", 1)[1]) for h in head[1:] if h.lower().startswith(b"last-event-id:")),
+            None,
+        )
         self.buf = b""
         target = line.split()[1]
         url = urlsplit(target)
@@ -54,8 +65,10 @@ class Handler(asyncio.Protocol):
             t.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
                 b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
-                + chunk(b"retry: 3000\n\n")
+                + chunk(b"retry: %d\n\n" % ARGS.retry_ms)
             )
+            if last_id is not None:
+                t.write(b"".join(sent[max(0, last_id + ARGS.resume_skew) :]))
             streams.add(t)
         elif url.path == "/bench/publish":
             run = q["run"]
@@ -83,15 +96,23 @@ async def publish(run: str, n: int, rate: float, max_seconds: float) -> None:
     drop, dup = ARGS.drop_every, ARGS.dup_every
 
     def send(i: int, t: float) -> None:
+        if i == ARGS.cut_at:
+            runs[run]["cut_time"] = time.time()
+            for s in list(streams):
+                s.close()  # what was written still goes out first
+            streams.clear()
         if drop and i % drop == 0:
+            sent.append(b"")
             return
         data = chunk(b'id: %d\nevent: bench\ndata: {"t": %r, "i": %d}\n\n' % (i + 1, t, i))
+        sent.append(data)
         if dup and i % dup == 0:
             data += data
         for s in list(streams):
             s.write(data)
 
-    runs[run] = await run_async(n, rate, send, max_seconds)
+    stats = await run_async(n, rate, send, max_seconds)
+    runs[run] = {**runs[run], **stats}
 
 
 async def main() -> None:
@@ -106,6 +127,9 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--drop-every", type=int, default=0)
     parser.add_argument("--dup-every", type=int, default=0)
+    parser.add_argument("--retry-ms", type=int, default=3000)
+    parser.add_argument("--cut-at", type=int, default=-1, help="close every stream before it")
+    parser.add_argument("--resume-skew", type=int, default=0)
     parser.add_argument("--lifetime", type=float, default=3600, help="exit after this many s")
     ARGS = parser.parse_args()
     asyncio.run(main())
