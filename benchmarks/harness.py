@@ -156,6 +156,12 @@ def publish_path(config: str) -> str:
 
 
 def rss_kb(pid: int) -> int:
+    """RSS of ``pid`` and its live descendants (Granian's worker is a child process: its main
+    process alone stays flat whatever the streams hold)."""
+    return sum(_own_rss_kb(p) for p in [pid, *_descendants(pid)])
+
+
+def _own_rss_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -167,6 +173,11 @@ def rss_kb(pid: int) -> int:
 
 
 def threads(pid: int) -> int:
+    """Threads of ``pid`` and its live descendants (see ``rss_kb``)."""
+    return sum(_own_threads(p) for p in [pid, *_descendants(pid)])
+
+
+def _own_threads(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/task"))
     except OSError:

@@ -46,7 +46,12 @@ SERVERS = ("daphne", "uvicorn")
 
 
 def applies(c: dict[str, Any]) -> bool:
-    return c["app"] == "ours" and c["layer"] in ("pubsub", "core") and c["server"] in SERVERS
+    return (
+        c["app"] == "ours"
+        and c.get("direct", True)
+        and c["layer"] in ("pubsub", "core")
+        and c["server"] in SERVERS
+    )
 
 
 # -- the client side: per-connection accounting (runs in a client worker) ------------------------
