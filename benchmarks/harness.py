@@ -67,7 +67,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 PEERS = [c for c in CONFIGS if c.startswith(("peer-", "ref-"))]
 OURS = [c for c in CONFIGS if c not in PEERS]
 
-FULL = {
+FULL: dict[str, dict[str, Any]] = {
     "S1": {"subs": 1000, "n": 100, "rate": 20.0},
     "S2": {"subs": 1, "n": 20000, "rate": 0.0, "max_seconds": 60},
     "S3": {"steps": [500, 1000, 2000], "hold": 10.0},
@@ -77,7 +77,7 @@ FULL = {
     "S7": {"subs": 1, "n": 200, "rate": 20.0},
     "SWEEP": {"subs": [100, 300], "n": 100, "rate": 20.0},
 }
-QUICK = {
+QUICK: dict[str, dict[str, Any]] = {
     "S1": {"subs": 100, "n": 30, "rate": 20.0},
     "S2": {"subs": 1, "n": 1000, "rate": 0.0, "max_seconds": 60},
     "S3": {"steps": [50, 100, 200], "hold": 3.0},

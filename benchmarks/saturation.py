@@ -37,7 +37,7 @@ class Pacer:
 
     def slowest(self) -> int:
         data = self.path.read_bytes()
-        return min(struct.unpack_from("q", data, 8 * i)[0] for i in range(self.workers))
+        return min(int(struct.unpack_from("q", data, 8 * i)[0]) for i in range(self.workers))
 
     def relay(self) -> None:
         deadline = time.monotonic() + 900
@@ -61,7 +61,7 @@ class Pacer:
 def run(runner: Runner, config: str, env: Env) -> dict[str, Any]:
     from benchmarks import harness
 
-    q = runner.p["S8"]
+    q: dict[str, Any] = runner.p["S8"]
     subs, n, window = q["subs"], q["n"], q["window"]
     server = harness.Server(env, runner.tmp)
     workers = max(1, min(runner.args.clients, subs))

@@ -46,7 +46,7 @@ SERVERS = ("daphne", "uvicorn")
 
 
 def applies(c: dict[str, Any]) -> bool:
-    return (
+    return bool(
         c["app"] == "ours"
         and c.get("direct", True)
         and c["layer"] in ("pubsub", "core")
@@ -190,7 +190,9 @@ def run(runner: Runner, config: str, env: Env, shape: str) -> dict[str, Any]:
         # The publisher ends on its schedule; then every connection must catch up.
         out, err = publisher.communicate(timeout=n / rate + 120)
         lines = [x for x in out.strip().splitlines() if x.startswith("{")]
-        pstats = json.loads(lines[-1]) if lines else {"errors": 1, "error_sample": [err[-800:]]}
+        pstats: dict[str, Any] = (
+            json.loads(lines[-1]) if lines else {"errors": 1, "error_sample": [err[-800:]]}
+        )
         got = harness.merge_collect(
             clients.call("collect", [{"timeout": 90}] * len(clients.pipes), timeout=150)
         )
