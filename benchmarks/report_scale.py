@@ -239,11 +239,13 @@ def plots(rows: list[dict[str, Any]], plot_dir: Path, plt: Any) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(13, 5))
         colors = ["tab:gray" if c in PEERS else "tab:blue" for c in configs]
         axes[0].barh(configs, [s8[c].get("deliveries_per_s") or 0 for c in configs], color=colors)
-        axes[0].set_title("deliveries/s (1,000 subscribers, publisher as fast as delivered)")
+        subs = max(r.get("subscribers") or 0 for r in s8.values())
+        axes[0].set_title(f"deliveries/s ({subs:,} subscribers, publisher as fast as delivered)")
         axes[1].barh(
             configs, [s8[c].get("server_cpu_us_per_delivery") or 0 for c in configs], color=colors
         )
-        axes[1].set_title("server CPU µs per delivery (lower is better)")
+        axes[1].set_title("server CPU µs per delivery (lower is better; log scale)")
+        axes[1].set_xscale("log")
         for ax in axes:
             ax.grid(True, axis="x", alpha=0.3)
             ax.invert_yaxis()
