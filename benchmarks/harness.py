@@ -969,6 +969,7 @@ class Runner:
                 disconnects=status["disconnects"],
                 rss_held_kb=rss_kb(server.pid),
                 nofile_limit=nofile_of(server.pid),
+                client_nofile_limit=min(nofile_of(p.pid or 0) or 0 for p in clients.procs),
                 threads_held=threads(server.pid),
                 db_conns_held=env.db_conns(server.pid),
                 open_all_seconds=open_s,
