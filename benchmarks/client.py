@@ -37,6 +37,10 @@ from typing import Any
 
 from benchmarks.sse import ChunkedDecoder, SSEParser
 
+# The reconnection delay of a stream that sent no ``retry:`` field (browsers choose their own:
+# a few seconds).
+DEFAULT_RETRY_MS = 3000
+
 
 class Conn(asyncio.Protocol):
     __slots__ = (
@@ -113,6 +117,10 @@ class Conn(asyncio.Protocol):
                 self.w.schedule_reconnect(self)
                 return
         self.w.check_done()
+
+    def retry_seconds(self) -> float:
+        """The delay before this stream reconnects: its ``retry:`` field, else the default."""
+        return (self.parser.retry if self.parser.retry is not None else DEFAULT_RETRY_MS) / 1000
 
     def reset_for_reconnect(self) -> None:
         """A new response on the same logical stream: the HTTP and chunk state start over, the
@@ -265,8 +273,7 @@ class Worker:
         self._done_event.set()
 
     def schedule_reconnect(self, conn: Conn) -> None:
-        retry_ms = conn.parser.retry if conn.parser.retry is not None else 3000
-        task = asyncio.get_running_loop().create_task(self._reconnect(conn, retry_ms / 1000))
+        task = asyncio.get_running_loop().create_task(self._reconnect(conn, conn.retry_seconds()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -14,11 +14,12 @@ before it was served again (``t_resumed``: the first byte of its new response; `
 connection that was never cut); the part of it beyond the ``retry:`` delay, which the server
 cannot shorten (from the later of ``t_back`` and the connection's end plus the delay, when a
 browser would be back at the earliest); events lost and duplicated, counted per connection
-over all of its connections with the client's bitmap (``client.py``). Only our app resumes
-from stored events through ``Last-Event-ID`` and publishes from another process: the in-loop
-peers lose their publisher with the server, so S10 runs for our configurations only.
+over all of its connections with the client's bitmap (``client.py``). Of the peers,
+django-eventstream (database storage, Redis, ``Last-Event-ID``) is the one that stores events
+and publishes from another process, so it runs too: the in-loop peers lose their publisher
+with the server, and the naive view keeps no history.
 
-    python -m benchmarks.storm publish --jobs ID,ID,... --n N --rate R   (the publisher process)
+    python -m benchmarks.storm publish [--kind ours|eventstream] --jobs ID,ID,... --n N --rate R
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ SERVERS = ("daphne", "uvicorn")
 
 
 def applies(c: dict[str, Any]) -> bool:
+    if c["app"] == "eventstream":
+        return True  # stores its events and resumes from Last-Event-ID: the one peer that can
     return bool(
         c["app"] == "ours"
         and c.get("direct", True)
@@ -95,7 +98,7 @@ def catch_up(conns: Sequence[Conn], t_back: float) -> dict[str, Any]:
             continue
         caught_at = max(recv_at[: last + 1])
         delays.append(max(0.0, caught_at - t_back))
-        retry = (c.parser.retry or 0) / 1000
+        retry = c.retry_seconds()
         earliest = max(t_back, c.t_lost + retry) if c.reconnects else t_back
         beyond.append(max(0.0, caught_at - earliest))
         if c.reconnects:
@@ -282,6 +285,8 @@ def start_publisher(env: Env, jobs: list[str], n: int, rate: float) -> subproces
             "-m",
             "benchmarks.storm",
             "publish",
+            "--kind",
+            "eventstream" if env.c["app"] == "eventstream" else "ours",
             "--jobs",
             ",".join(jobs),
             "--n",
@@ -307,20 +312,31 @@ def start_publisher(env: Env, jobs: list[str], n: int, rate: float) -> subproces
 # -- the publisher process ---------------------------------------------------------------------
 
 
-def publish_main(jobs: list[str], n: int, rate: float) -> dict[str, Any]:
+def publish_main(kind: str, jobs: list[str], n: int, rate: float) -> dict[str, Any]:
     """Every job publishes ``n`` events at ``rate`` a second, all jobs in one schedule (event
-    ``i`` of every job is due at ``t0 + i / rate``), as a pool of task workers would."""
+    ``i`` of every job is due at ``t0 + i / rate``), as a pool of task workers would: with
+    ``django_sse.publish`` (``kind`` "ours") or django-eventstream's ``send_event`` (its
+    database storage and Redis, on a channel named after the job)."""
     from benchmarks.schedule import run_sync
-    from django_sse import publish
-    from django_sse.models import Job
-    from django_sse.pushing import layer_sender
 
-    targets = [Job.objects.get(pk=j) for j in jobs]
+    send: Callable[[str, dict[str, Any]], Any]
+    targets: list[Any]
+    if kind == "eventstream":
+        from django_eventstream import send_event
+
+        targets = list(jobs)
+        send = lambda channel, data: send_event(channel, "bench", data)  # noqa: E731
+    else:
+        from django_sse import publish
+        from django_sse.models import Job
+
+        targets = [Job.objects.get(pk=j) for j in jobs]
+        send = lambda job, data: publish(job, "bench", data)  # noqa: E731
     per_job = [0] * len(targets)
 
     def one(k: int, t: float) -> None:
         j, i = k % len(targets), k // len(targets)
-        publish(targets[j], "bench", {"t": t, "i": i})
+        send(targets[j], {"t": t, "i": i})
         per_job[j] += 1
 
     sys.stdout.write("READY\n")
@@ -333,7 +349,10 @@ def publish_main(jobs: list[str], n: int, rate: float) -> dict[str, Any]:
     stats = run_sync(n * len(targets), rate * len(targets), one, n / rate + 60)
     stats["publisher_cpu_s"] = time.process_time() - cpu0
     stats["published_per_job"] = per_job
-    stats["layer_flushed"] = layer_sender.flush(10.0)
+    if kind == "ours":
+        from django_sse.pushing import layer_sender
+
+        stats["layer_flushed"] = layer_sender.flush(10.0)
     return stats
 
 
@@ -344,12 +363,13 @@ def main() -> int:
     p.add_argument("--jobs", required=True)
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--kind", default="ours", choices=["ours", "eventstream"])
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     import django
 
     django.setup()
-    stats = publish_main(args.jobs.split(","), args.n, args.rate)
+    stats = publish_main(args.kind, args.jobs.split(","), args.n, args.rate)
     sys.stdout.write(json.dumps(stats) + "\n")
     sys.stdout.flush()
     return 0
