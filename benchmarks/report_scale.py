@@ -169,6 +169,8 @@ def target_lines(rows: list[dict[str, Any]], line: Line) -> None:
         )
     for r in s10_rows(rows):
         c, shape = r["config"], r.get("shape")
+        if c in PEERS:
+            continue
         st = r.get("storm") or {}
         line(
             "S10",
