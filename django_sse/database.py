@@ -20,17 +20,23 @@ read by the poll, by one page at most, not by every page queued before it. Each 
 calls in order; with several threads, calls started in order may finish out of order, so
 whoever needs one call after another awaits the first (the feed's gap fills and the hub's poll
 do: one call at a time each).
+
+Streams opening together (a storm of reconnections) ask the same questions of many rows: a
+``Batch`` gathers such calls while no thread has taken them yet and runs them as one call (one
+query for all, ``WHERE id IN (...)``). A call alone waits for nothing: its batch is queued at
+once and holds whatever else arrives before a thread starts it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from django.apps import apps
 from django.db import DatabaseError, connections, router
@@ -40,6 +46,8 @@ from django_sse.conf import conf
 
 P = ParamSpec("P")
 R = TypeVar("R")
+K = TypeVar("K")
+V = TypeVar("V")
 
 THREAD_NAME_PREFIX = "django_sse-db_"
 # The first thread's name (with one thread, the only one).
@@ -174,6 +182,76 @@ class DatabaseThreads:
 
 
 _threads = DatabaseThreads()
+
+
+class Batch(Generic[K, V]):
+    """Calls ``run_many(items) -> outcomes`` (one outcome per item, in order: a value, or the
+    exception that item raises) made from any loop, gathered while no thread has started them.
+
+    ``run_many`` decides what fails alone (an outcome) and what fails the whole batch (raised:
+    every item raises it, as each would have on its own, a broken connection say)."""
+
+    def __init__(
+        self,
+        run_many: Callable[[list[K]], Sequence[V | BaseException]],
+        *,
+        bulk: bool = False,
+        most: int = 500,
+    ) -> None:
+        self._run_many = run_many
+        self._bulk = bulk
+        self._most = most  # items per batch at most
+        self._lock = threading.Lock()
+        self._open: list[tuple[K, asyncio.Future[V], asyncio.AbstractEventLoop]] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Items gathered that no thread has started yet."""
+        with self._lock:
+            return len(self._open or ())
+
+    async def run(self, item: K) -> V:
+        """The outcome of ``item``: its value, or its exception raised."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[V] = loop.create_future()
+        with self._lock:
+            batch = self._open
+            if batch is None:
+                batch = self._open = []
+                _threads.submit(functools.partial(self._run, batch), bulk=self._bulk)
+            batch.append((item, future, loop))
+            if len(batch) >= self._most:
+                self._open = None  # full: the next item starts another
+        return await future
+
+    def _run(self, batch: list[tuple[K, asyncio.Future[V], asyncio.AbstractEventLoop]]) -> None:
+        # On a database thread: from now on, items go to a new batch.
+        with self._lock:
+            if self._open is batch:
+                self._open = None
+        outcomes: Sequence[V | BaseException] | BaseException
+        try:
+            outcomes = _call(self._run_many, [item for item, _future, _loop in batch])
+        except BaseException as exc:  # every item raises it: none may wait forever
+            outcomes = exc
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[V], Any]]] = {}
+        for index, (_item, future, loop) in enumerate(batch):
+            outcome = outcomes if isinstance(outcomes, BaseException) else outcomes[index]
+            by_loop.setdefault(loop, []).append((future, outcome))
+        for loop, settled in by_loop.items():
+            # One wakeup per loop for the whole batch, not one per item.
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
+                loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in settled:
+        if future.done():
+            continue  # its caller gave up (a client that left)
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 async def run_in_db_thread(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
