@@ -71,6 +71,8 @@ class Hub:
             # cancel it for the other streams of the job waiting on it.
             self._spawn(self._establish(feed))
         feed.subscribers.add(subscriber)
+        if feed.ready.done() and feed.ready.exception() is None:
+            return  # followed already: a set insert, nothing awaited
         try:
             await asyncio.shield(feed.ready)
         except BaseException:

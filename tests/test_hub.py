@@ -222,3 +222,29 @@ async def test_a_subscriber_that_raises_misses_the_event_alone(
     assert [item.event.seq for item in items(after)] == [1]
     assert hub.feeds[job.pk].seq == 1
     assert f"Handing event 1 of job {job.pk} out failed." in caplog.text
+
+
+async def test_subscribing_to_a_followed_job_is_a_set_insert(
+    hub_cleanup: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await Job.objects.acreate(name="followed")
+    hub = get_hub()
+    await subscribe(hub, job)
+    layer_calls: list[str] = []
+    queries: list[str] = []
+    if hub._layer is not None:
+        original = hub._layer.group_add
+
+        async def counting_group_add(group: str, channel: str) -> None:
+            layer_calls.append(group)
+            await original(group, channel)
+
+        monkeypatch.setattr(hub._layer, "group_add", counting_group_add)
+    monkeypatch.setattr("django_sse.hub.run_in_db_thread", lambda *a, **k: queries.append("q"))
+    second = Inbox()
+    subscribing = hub.subscribe(job.pk, second)
+    # It completes without ever suspending: no layer call, no query, no wait.
+    with pytest.raises(StopIteration):
+        subscribing.send(None)
+    assert second in hub.feeds[job.pk].subscribers
+    assert layer_calls == [] and queries == []
