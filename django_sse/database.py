@@ -70,7 +70,16 @@ def db_threads() -> int:
     configured = conf.DB_THREADS
     if configured is not None:
         return configured
-    vendor = connections[primary(apps.get_model("django_sse", "JobEvent"))].vendor
+    alias = primary(apps.get_model("django_sse", "JobEvent"))
+    return _default_db_threads(alias, connections.settings[alias]["ENGINE"])
+
+
+@functools.cache
+def _default_db_threads(alias: str, engine: str) -> int:
+    # Asked at every call: looking the connection up (its vendor) from the event loop would
+    # make a connection object per task (Django keeps them per async context), so once per
+    # database and engine.
+    vendor = connections[alias].vendor
     return DEFAULT_DB_THREADS_SQLITE if vendor == "sqlite" else DEFAULT_DB_THREADS
 
 
