@@ -20,20 +20,41 @@ from typing import TYPE_CHECKING
 from django_sse.admission import Ticket
 from django_sse.auth import Access, reauthorize_stream
 from django_sse.conf import conf
-from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
+from django_sse.database import Batch, run_bulk_in_db_thread, run_in_db_thread
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, StreamClosed
+from django_sse.fastpaths.replay_sql import PageAsk
 from django_sse.fastpaths.ssetext import encode_stored_events
 from django_sse.hub import Hub, get_hub
 from django_sse.inbox import EncodedEvent, Inbox
 from django_sse.lifecycle import TERMINAL_TYPES
-from django_sse.replay import FIRST_PAGE_EVENTS, Page, StoredEvent, fetch_page, next_page_limit
+from django_sse.replay import (
+    FIRST_PAGE_EVENTS,
+    Page,
+    StoredEvent,
+    fetch_page,
+    fetch_pages,
+    next_page_limit,
+)
 from django_sse.streaming import EventStream
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
     from django_sse.sink import Sink
+
+
+def read_first_pages(asks: list[PageAsk]) -> list[Page]:
+    """The first pages of streams starting their replays together: one page alone by the
+    one-job query, more with one query for all (``replay.fetch_pages``)."""
+    if len(asks) == 1:
+        ((job_id, after, upto, limit, max_bytes),) = asks
+        return [fetch_page(job_id, after, upto=upto, limit=limit, max_bytes=max_bytes)]
+    return fetch_pages(asks)
+
+
+# A replay page, so on the bulk lane: urgent calls still go first (database.py).
+first_pages: Batch[PageAsk, Page] = Batch(read_first_pages, bulk=True)
 
 
 class JobStream(EventStream):
@@ -124,13 +145,9 @@ class JobStream(EventStream):
             return
         job_id, most = self.job_id, conf.REPLAY_PAGE_SIZE
         max_bytes = conf.MAX_BUFFERED_BYTES // 4
-        page = await run_bulk_in_db_thread(
-            fetch_page,
-            job_id,
-            self.last_seq,
-            upto=upto,
-            limit=min(most, FIRST_PAGE_EVENTS),
-            max_bytes=max_bytes,
+        # Read with those of the streams starting theirs now (a storm of reconnections).
+        page = await first_pages.run(
+            (job_id, self.last_seq, upto, min(most, FIRST_PAGE_EVENTS), max_bytes)
         )
         following: asyncio.Future[Page] | None = None
         try:

@@ -3,8 +3,6 @@ stream gets exactly the answer it would get alone."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,11 +12,9 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.test import override_settings
 
-from django_sse.auth import authorizations
-from django_sse.database import run_in_db_thread
 from django_sse.identity import hash_session_key
 from django_sse.models import Job
-from tests.utils import StreamClient, make_session, url
+from tests.utils import StreamClient, make_session, open_together, stop_all, url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -45,36 +41,6 @@ def job_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield asked
 
 
-async def open_together(asks: list[tuple[Any, str]]) -> list[StreamClient]:
-    """Start one stream per ``(job_id, session_key)`` while the one database thread is busy,
-    so that their authorizations wait together; then let it go. Returns the started clients."""
-    busy, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        busy.set()
-        assert release.wait(10)
-
-    holding = asyncio.ensure_future(run_in_db_thread(hold))
-    loop = asyncio.get_running_loop()
-    assert await loop.run_in_executor(None, busy.wait, 5)
-    clients = [StreamClient(url(job_id), session_key=key) for job_id, key in asks]
-    starting = [asyncio.ensure_future(client.start()) for client in clients]
-    deadline = loop.time() + 10
-    while authorizations.waiting < len(asks):
-        assert loop.time() < deadline, authorizations.waiting
-        await asyncio.sleep(0.01)
-    release.set()
-    await holding
-    await asyncio.gather(*starting)
-    return clients
-
-
-async def close_all(clients: list[StreamClient]) -> None:
-    for client in clients:
-        if client.status == 200:
-            await client.disconnect()
-
-
 @override_settings(DJANGO_SSE={"DB_THREADS": 1, "POLL_SECONDS": 60})
 async def test_streams_opening_together_read_their_jobs_in_one_query(
     hub_cleanup: None, job_lookups: list[int]
@@ -85,7 +51,7 @@ async def test_streams_opening_together_read_their_jobs_in_one_query(
         assert [client.status for client in clients] == [200] * STREAMS
         assert job_lookups == [STREAMS]
     finally:
-        await close_all(clients)
+        await stop_all(clients)
 
 
 @override_settings(DJANGO_SSE={"DB_THREADS": 1, "POLL_SECONDS": 60})
@@ -103,7 +69,7 @@ async def test_a_stranger_in_the_batch_gets_the_404_and_the_owners_their_streams
         assert [client.status for client in clients] == [200, 404, 200, 404]
         assert job_lookups == [4]
     finally:
-        await close_all(clients)
+        await stop_all(clients)
 
 
 def watch_only_the_second(request: HttpRequest, job: Job) -> bool:
@@ -141,7 +107,7 @@ async def test_a_failing_authorize_callable_fails_only_its_own_stream(
         assert [client.status for client in clients] == [500, 200, 200, 404, 200]
         assert job_lookups == [3]  # five streams, three jobs, one query
     finally:
-        await close_all(clients)
+        await stop_all(clients)
 
 
 @override_settings(DJANGO_SSE={"DB_THREADS": 1, "POLL_SECONDS": 60})

@@ -194,3 +194,61 @@ async def test_a_database_error_while_reading_ahead_reaches_the_stream(store: Fa
     with pytest.raises(DatabaseError):
         await reader.__anext__()
     assert (stream.last_seq, stream.sent) == (3, 3)
+
+
+# -- first pages read together -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@override_settings(DJANGO_SSE={"DB_THREADS": 1})
+async def test_replays_starting_together_read_their_first_pages_in_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asgiref.sync import sync_to_async
+    from django.contrib.auth.models import User
+
+    from django_sse import publish
+    from django_sse.database import run_in_db_thread
+    from django_sse.models import Job
+    from django_sse.replay import fetch_page, fetch_pages
+
+    def jobs_with_histories() -> list[Job]:
+        owner = User.objects.create(username="many")
+        jobs = [Job.objects.create(owner=owner) for _ in range(8)]
+        for n, job in enumerate(jobs):
+            for _ in range(n):
+                publish(job, "step", n)
+        return jobs
+
+    jobs = await sync_to_async(jobs_with_histories)()
+    calls: list[int] = []
+
+    def counting(asks: Any) -> list[Page]:
+        calls.append(len(asks))
+        return fetch_pages(asks)
+
+    monkeypatch.setattr(stream_module, "fetch_pages", counting)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        assert release.wait(10)
+
+    holding = asyncio.ensure_future(run_in_db_thread(hold))
+    assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
+    reading = [
+        asyncio.ensure_future(stream_module.first_pages.run((job.pk, 0, None, 64, 10_000)))
+        for job in jobs
+    ]
+    await asyncio.sleep(0)
+    assert stream_module.first_pages.waiting == len(jobs)
+    release.set()
+    await holding
+    pages = await asyncio.gather(*reading)
+    assert calls == [len(jobs)]
+    alone = [
+        await run_in_db_thread(fetch_page, job.pk, 0, limit=64, max_bytes=10_000) for job in jobs
+    ]
+    assert pages == alone
+    assert [len(page.events) for page in pages] == list(range(8))
