@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from django_sse.admission import Ticket
-from django_sse.auth import Access, reauthorize_stream
+from django_sse.auth import Access, reauthorize_stream, reauthorize_streams
 from django_sse.conf import conf
-from django_sse.database import Batch, run_bulk_in_db_thread, run_in_db_thread
+from django_sse.database import Batch, run_bulk_in_db_thread
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, StreamClosed
 from django_sse.fastpaths.replay_sql import PageAsk
@@ -41,6 +41,7 @@ from django_sse.streaming import EventStream
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
+    from django_sse.identity import Identity
     from django_sse.sink import Sink
 
 
@@ -55,6 +56,20 @@ def read_first_pages(asks: list[PageAsk]) -> list[Page]:
 
 # A replay page, so on the bulk lane: urgent calls still go first (database.py).
 first_pages: Batch[PageAsk, Page] = Batch(read_first_pages, bulk=True)
+
+
+def recheck_streams(
+    asks: list[tuple[HttpRequest, uuid.UUID, Identity]],
+) -> Sequence[bool | BaseException]:
+    """The session checks of streams whose deadlines fall together: one alone by
+    ``reauthorize_stream``, more with one query for their jobs (``reauthorize_streams``)."""
+    if len(asks) == 1:
+        return [reauthorize_stream(*asks[0])]
+    return reauthorize_streams(asks)
+
+
+# Streams that opened together reach their deadlines together: checked together.
+rechecks: Batch[tuple[HttpRequest, uuid.UUID, Identity], bool] = Batch(recheck_streams)
 
 
 class JobStream(EventStream):
@@ -91,7 +106,7 @@ class JobStream(EventStream):
         return f"job={self.job_id} user={self.identity.label} events={self.sent}"
 
     async def authorize(self) -> bool:
-        return await run_in_db_thread(reauthorize_stream, self.request, self.job_id, self.identity)
+        return await rechecks.run((self.request, self.job_id, self.identity))
 
     async def subscribe(self) -> None:
         self.hub = get_hub()
