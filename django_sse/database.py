@@ -109,8 +109,9 @@ class _Work:
 
 class DatabaseThreads:
     """Daemon threads running calls, urgent ones before bulk ones (each lane started in
-    order). Threads start as work arrives, up to ``db_threads()``; a thread past a lowered
-    count closes its connections and ends."""
+    order). A thread starts when more calls wait than threads are idle, up to
+    ``db_threads()`` (a quiet process keeps one thread, and one connection); a thread past a
+    lowered count closes its connections and ends."""
 
     def __init__(self) -> None:
         self._ready = threading.Condition()
@@ -120,6 +121,7 @@ class DatabaseThreads:
         self._own: dict[int, deque[_Work]] = {}
         self._threads: dict[int, threading.Thread] = {}
         self._wanted = 1
+        self._idle = 0  # threads waiting for a call
 
     def submit(self, call: Callable[[], R], *, bulk: bool = False) -> Future[R]:
         future: Future[R] = Future()
@@ -147,6 +149,8 @@ class DatabaseThreads:
         if wanted < self._wanted:
             self._ready.notify_all()  # the threads past the count end
         self._wanted = wanted
+        if len(self._urgent) + len(self._bulk) <= self._idle:
+            return  # an idle thread takes it
         for index in range(wanted):
             thread = self._threads.get(index)
             if thread is None or not thread.is_alive():
@@ -157,35 +161,50 @@ class DatabaseThreads:
                     daemon=True,
                 )
                 self._threads[index] = thread
+                self._idle += 1  # until it takes its first call
                 thread.start()
+                return
 
     def _next(self, index: int) -> _Work | None:
-        """The next call for thread ``index``, waiting for one; None: the thread ends."""
+        """The next call for thread ``index`` (counted idle until it has one), waiting for one;
+        None: the thread ends."""
         with self._ready:
-            while True:
-                own = self._own.get(index)
-                if own:
-                    return own.popleft()
-                if index >= self._wanted:
-                    if self._threads.get(index) is threading.current_thread():
-                        del self._threads[index]
-                    self._own.pop(index, None)
-                    return None
-                if self._urgent:
-                    return self._urgent.popleft()
-                if self._bulk:
-                    return self._bulk.popleft()
-                self._ready.wait()
+            try:
+                while True:
+                    own = self._own.get(index)
+                    if own:
+                        return own.popleft()
+                    if index >= self._wanted:
+                        if self._threads.get(index) is threading.current_thread():
+                            del self._threads[index]
+                        self._own.pop(index, None)
+                        return None
+                    if self._urgent:
+                        return self._urgent.popleft()
+                    if self._bulk:
+                        return self._bulk.popleft()
+                    self._ready.wait()
+            finally:
+                self._idle -= 1
+
+    def _available(self) -> None:
+        # Idle again before the caller hears back: a caller that submits its next call at once
+        # finds this thread, instead of starting another one.
+        with self._ready:
+            self._idle += 1
 
     def _run(self, index: int) -> None:
         while (work := self._next(index)) is not None:
             if not work.future.set_running_or_notify_cancel():
+                self._available()
                 continue  # its caller gave up while it waited
             try:
                 result = work.call()
             except BaseException as exc:
+                self._available()
                 work.future.set_exception(exc)
             else:
+                self._available()
                 work.future.set_result(result)
         close_connections()
 

@@ -173,3 +173,22 @@ async def test_a_thread_past_a_lowered_count_ends() -> None:
         while await run_in_db_thread(others) != [THREAD_NAME]:
             assert loop.time() < deadline, await run_in_db_thread(others)
             await asyncio.sleep(0.01)
+
+
+def db_thread_names() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith(THREAD_NAME_PREFIX))
+
+
+async def test_a_quiet_process_keeps_one_thread_whatever_the_count() -> None:
+    loop = asyncio.get_running_loop()
+    with threads(1):
+        await run_in_db_thread(lambda: None)
+        deadline = loop.time() + 5
+        while db_thread_names() != [THREAD_NAME]:  # threads of earlier tests end
+            assert loop.time() < deadline, db_thread_names()
+            await asyncio.sleep(0.01)
+    with threads(4):
+        for _ in range(20):  # one call at a time: the idle thread takes each
+            await run_in_db_thread(lambda: None)
+            await run_bulk_in_db_thread(lambda: None)
+        assert db_thread_names() == [THREAD_NAME]
