@@ -90,11 +90,19 @@ def close_connections() -> None:
             conn.close()
 
 
+# Bumped at each database error on any thread: the other threads' connections went through
+# the same outage (a restarted server, a cut network), so each thread starts afresh too before
+# its next call, instead of failing once more on a dead connection.
+_failures = 0
+
+
 def _call(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    global _failures
     try:
         return func(*args, **kwargs)
     except DatabaseError:
         # The connection may be broken (server restarted, network cut): start afresh next time.
+        _failures += 1
         close_connections()
         raise
 
@@ -194,10 +202,14 @@ class DatabaseThreads:
             self._idle += 1
 
     def _run(self, index: int) -> None:
+        failures_seen = _failures
         while (work := self._next(index)) is not None:
             if not work.future.set_running_or_notify_cancel():
                 self._available()
                 continue  # its caller gave up while it waited
+            if failures_seen != _failures:
+                failures_seen = _failures
+                close_connections()  # another thread's failed: this one's may be dead too
             try:
                 result = work.call()
             except BaseException as exc:

@@ -192,3 +192,31 @@ async def test_a_quiet_process_keeps_one_thread_whatever_the_count() -> None:
             await run_in_db_thread(lambda: None)
             await run_bulk_in_db_thread(lambda: None)
         assert db_thread_names() == [THREAD_NAME]
+
+
+@pytest.mark.django_db(transaction=True)
+@threads(2)
+async def test_a_database_error_on_one_thread_makes_every_thread_start_afresh() -> None:
+    from django.db import OperationalError
+
+    together = threading.Barrier(2, timeout=5)
+
+    def connect() -> None:
+        together.wait()  # one call on each thread
+        connection.ensure_connection()
+
+    await asyncio.gather(run_in_db_thread(connect), run_in_db_thread(connect))
+
+    def lost() -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with pytest.raises(OperationalError):
+        await run_in_db_thread(lost)
+
+    def is_open() -> bool:
+        together.wait()
+        return connection.connection is not None
+
+    # Neither thread runs its next call on the connection it had before the outage.
+    still_open = await asyncio.gather(run_in_db_thread(is_open), run_in_db_thread(is_open))
+    assert list(still_open) == [False, False]
