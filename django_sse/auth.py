@@ -8,21 +8,26 @@ stream database thread.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from importlib import import_module
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
+from django.db import DatabaseError
 from django.http import HttpRequest
 
 from django_sse.access import Access, can_access, identify, owns
+from django_sse.database import Batch
 from django_sse.identity import Identity
 from django_sse.models import Job
 
 __all__ = [
     "Access",
+    "aauthorize_stream",
     "authorize_stream",
+    "authorize_streams",
     "can_access",
     "identify",
     "owns",
@@ -39,6 +44,51 @@ def authorize_stream(request: HttpRequest, job_id: uuid.UUID) -> Access | None:
     if job is None or not can_access(request, job, identity):
         return None
     return Access(job, user, identity)
+
+
+def authorize_streams(
+    asks: list[tuple[HttpRequest, uuid.UUID]],
+) -> Sequence[Access | BaseException | None]:
+    """``authorize_stream`` for streams opening together, their jobs read in one query: for
+    each ``(request, job_id)``, its ``Access``, None, or the exception its own check raised (an
+    ``AUTHORIZE`` callable's, a session's). A database error fails them all (raised)."""
+    identities: list[tuple[Any, Identity] | BaseException] = []
+    for request, _job_id in asks:
+        # The identity first, for missing and forbidden jobs alike (the refusal log names the
+        # user). Sessions load one by one: each engine has its own store.
+        try:
+            identities.append(identify(request))
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            identities.append(exc)
+    jobs = Job.objects.in_bulk({job_id for _request, job_id in asks})
+    outcomes: list[Access | BaseException | None] = []
+    for (request, job_id), identified in zip(asks, identities, strict=True):
+        if isinstance(identified, BaseException):
+            outcomes.append(identified)
+            continue
+        user, identity = identified
+        job = jobs.get(job_id)
+        try:
+            allowed = job is not None and can_access(request, job, identity)
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            outcomes.append(exc)
+            continue
+        outcomes.append(Access(job, user, identity) if allowed and job is not None else None)
+    return outcomes
+
+
+# Streams opening together are authorized together (see database.Batch).
+authorizations: Batch[tuple[HttpRequest, uuid.UUID], Access | None] = Batch(authorize_streams)
+
+
+async def aauthorize_stream(request: HttpRequest, job_id: uuid.UUID) -> Access | None:
+    """``authorize_stream`` on a stream database thread, batched with the streams opening at
+    the same time."""
+    return await authorizations.run((request, job_id))
 
 
 def _identity_from_store(session_key: str | None) -> tuple[Any, Identity]:
@@ -62,6 +112,30 @@ def reauthorize_stream(request: HttpRequest, job_id: uuid.UUID, identity: Identi
     user, current = _identity_from_store(identity.session_key)
     request.user = user
     return can_access(request, job, current)
+
+
+def reauthorize_streams(
+    asks: list[tuple[HttpRequest, uuid.UUID, Identity]],
+) -> Sequence[bool | BaseException]:
+    """``reauthorize_stream`` for streams whose deadlines fall together (those that opened
+    together), their jobs read in one query: for each ``(request, job_id, identity)``, whether
+    it may go on, or the exception its own check raised. A database error fails them all."""
+    jobs = Job.objects.in_bulk({job_id for _request, job_id, _identity in asks})
+    outcomes: list[bool | BaseException] = []
+    for request, job_id, identity in asks:
+        job = jobs.get(job_id)
+        if job is None:
+            outcomes.append(False)
+            continue
+        try:
+            user, current = _identity_from_store(identity.session_key)
+            request.user = user
+            outcomes.append(can_access(request, job, current))
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 def same_identity(identity: Identity) -> bool:

@@ -67,6 +67,15 @@ DEFAULTS: dict[str, Any] = {
     "METRICS": False,
 }
 
+# Admission (a separate block, see docs/settings.rst).
+DEFAULTS.update(
+    {
+        # Threads (each with its own database connection) running the streams' queries in
+        # each server process. None: one on SQLite, four on other databases (database.py).
+        "DB_THREADS": None,
+    }
+)
+
 
 class Settings:
     """Typed view of ``settings.DJANGO_SSE``.
@@ -162,6 +171,11 @@ class Settings:
     @property
     def METRICS(self) -> bool:
         return self._get("METRICS") is True
+
+    @property
+    def DB_THREADS(self) -> int | None:
+        value = self._get("DB_THREADS")
+        return None if value is None else int(value)
 
 
 conf = Settings()

@@ -25,10 +25,10 @@ from channels.layers import BaseChannelLayer
 
 from django_sse import metrics
 from django_sse.conf import conf
-from django_sse.database import run_in_db_thread
+from django_sse.database import Batch
 from django_sse.discovery import Discovery
 from django_sse.event_message import message_shape, parse_event_message
-from django_sse.feed import JobFeed, Subscriber, catch_up, last_seq
+from django_sse.feed import JobFeed, Subscriber, catch_up, last_seqs
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
 from django_sse.pushing import get_layer, register_hub_loop, unregister_hub_loop
 
@@ -38,6 +38,15 @@ logger = logging.getLogger("django_sse")
 GROUP_REFRESH_SECONDS = 600.0
 # Waits between two attempts to receive from a failing layer.
 RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _baselines(job_ids: list[uuid.UUID]) -> list[int]:
+    found = last_seqs(job_ids)
+    return [found.get(job_id, 0) for job_id in job_ids]
+
+
+# The newest seq of jobs followed together (the streams of a reconnection storm), one query.
+baselines: Batch[uuid.UUID, int] = Batch(_baselines)
 
 
 class Hub:
@@ -71,6 +80,8 @@ class Hub:
             # cancel it for the other streams of the job waiting on it.
             self._spawn(self._establish(feed))
         feed.subscribers.add(subscriber)
+        if feed.ready.done() and feed.ready.exception() is None:
+            return  # followed already: a set insert, nothing awaited
         try:
             await asyncio.shield(feed.ready)
         except BaseException:
@@ -91,7 +102,7 @@ class Hub:
             await self._group_add(job_id)
             # Read after joining the group: anything newer arrives as a message or is found by
             # the poll, anything older is in the database.
-            feed.seq = await run_in_db_thread(last_seq, job_id)
+            feed.seq = await baselines.run(job_id)
         except BaseException as exc:
             self._drop_feed(feed)
             feed.ready.set_exception(exc)

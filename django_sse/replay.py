@@ -9,12 +9,13 @@ size; the rows come from ``fastpaths/replay_sql.py``, which lets the database cu
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import NamedTuple
 
 from django_sse.conf import conf
 from django_sse.database import primary
 from django_sse.fastpaths.jsoncodec import json_text
-from django_sse.fastpaths.replay_sql import select_page_rows
+from django_sse.fastpaths.replay_sql import PageAsk, PageRows, select_page_rows, select_pages_rows
 from django_sse.models import JobEvent
 
 
@@ -71,23 +72,57 @@ def fetch_page(
     if max_bytes is None:
         max_bytes = conf.MAX_BUFFERED_BYTES // 4
     using = primary(JobEvent)
-    bound = after + limit if upto is None else min(upto, after + limit)
-    rows, cut, used = select_page_rows(using, job_id, after, bound, limit, max_bytes)
-    if not cut and len(rows) < limit and bound != upto:
-        start = rows[-1][0] if rows else after
-        if used < max_bytes or not rows:
-            rest, cut, more_used = select_page_rows(
-                using, job_id, start, upto, limit - len(rows), max_bytes - used
-            )
-            if rows and rest and more_used > max_bytes - used:
-                # The rest's first event is over what is left: it starts the next page.
-                rest, cut, more_used = [], True, 0
-            rows.extend(rest)
-            used += more_used
-        else:
-            cut = True
-    events = [StoredEvent(seq, type_, json_text(data)) for seq, type_, data in rows]
-    return Page(events, cut or len(events) == limit, used)
+
+    def select(asks: list[PageAsk]) -> list[PageRows]:
+        return [select_page_rows(using, *ask) for ask in asks]
+
+    return _pages([(job_id, after, upto, limit, max_bytes)], select)[0]
+
+
+def fetch_pages(asks: list[PageAsk]) -> list[Page]:
+    """``fetch_page(job_id, after, upto=, limit=, max_bytes=)`` of each ``(job_id, after, upto,
+    limit, max_bytes)`` asked, the same pages, in two queries for all at most (the ranges,
+    then the rest of those that came back short): the first pages of streams opening
+    together."""
+    using = primary(JobEvent)
+    return _pages(asks, lambda asked: select_pages_rows(using, asked))
+
+
+def _pages(asks: list[PageAsk], select: Callable[[list[PageAsk]], list[PageRows]]) -> list[Page]:
+    """The pages asked for, read by ``select`` (see ``fetch_page``)."""
+    bounded: list[PageAsk] = [
+        (job_id, after, after + limit if upto is None else min(upto, after + limit), limit, most)
+        for job_id, after, upto, limit, most in asks
+    ]
+    first = select(bounded)
+    pages: list[tuple[list[tuple[int, str, object]], bool, int]] = []
+    rest_asks: list[PageAsk] = []
+    rest_of: list[int] = []  # the page each rest ask completes
+    for index, ((job_id, after, upto, limit, most), bound, (rows, cut, used)) in enumerate(
+        zip(asks, (ask[2] for ask in bounded), first, strict=True)
+    ):
+        if not cut and len(rows) < limit and bound != upto:
+            start = rows[-1][0] if rows else after
+            if used < most or not rows:
+                rest_asks.append((job_id, start, upto, limit - len(rows), most - used))
+                rest_of.append(index)
+            else:
+                cut = True
+        pages.append((rows, cut, used))
+    for index, (rest, cut, more_used) in zip(
+        rest_of, select(rest_asks) if rest_asks else [], strict=True
+    ):
+        rows, _cut, used = pages[index]
+        most = asks[index][4]
+        if rows and rest and more_used > most - used:
+            # The rest's first event is over what is left: it starts the next page.
+            rest, cut, more_used = [], True, 0
+        pages[index] = (rows + rest, cut, used + more_used)
+    result: list[Page] = []
+    for (_job_id, _after, _upto, limit, _most), (rows, cut, used) in zip(asks, pages, strict=True):
+        events = [StoredEvent(seq, type_, json_text(data)) for seq, type_, data in rows]
+        result.append(Page(events, cut or len(events) == limit, used))
+    return result
 
 
 def fetch_events(

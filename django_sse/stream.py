@@ -13,27 +13,63 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from django_sse.admission import Ticket
-from django_sse.auth import Access, reauthorize_stream
+from django_sse.auth import Access, reauthorize_stream, reauthorize_streams
 from django_sse.conf import conf
-from django_sse.database import run_bulk_in_db_thread, run_in_db_thread
+from django_sse.database import Batch, run_bulk_in_db_thread
 from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, StreamClosed
+from django_sse.fastpaths.replay_sql import PageAsk
 from django_sse.fastpaths.ssetext import encode_stored_events
 from django_sse.hub import Hub, get_hub
 from django_sse.inbox import EncodedEvent, Inbox
 from django_sse.lifecycle import TERMINAL_TYPES
-from django_sse.replay import FIRST_PAGE_EVENTS, Page, StoredEvent, fetch_page, next_page_limit
+from django_sse.replay import (
+    FIRST_PAGE_EVENTS,
+    Page,
+    StoredEvent,
+    fetch_page,
+    fetch_pages,
+    next_page_limit,
+)
 from django_sse.streaming import EventStream
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
+    from django_sse.identity import Identity
     from django_sse.sink import Sink
+
+
+def read_first_pages(asks: list[PageAsk]) -> list[Page]:
+    """The first pages of streams starting their replays together: one page alone by the
+    one-job query, more with one query for all (``replay.fetch_pages``)."""
+    if len(asks) == 1:
+        ((job_id, after, upto, limit, max_bytes),) = asks
+        return [fetch_page(job_id, after, upto=upto, limit=limit, max_bytes=max_bytes)]
+    return fetch_pages(asks)
+
+
+# A replay page, so on the bulk lane: urgent calls still go first (database.py).
+first_pages: Batch[PageAsk, Page] = Batch(read_first_pages, bulk=True)
+
+
+def recheck_streams(
+    asks: list[tuple[HttpRequest, uuid.UUID, Identity]],
+) -> Sequence[bool | BaseException]:
+    """The session checks of streams whose deadlines fall together: one alone by
+    ``reauthorize_stream``, more with one query for their jobs (``reauthorize_streams``)."""
+    if len(asks) == 1:
+        return [reauthorize_stream(*asks[0])]
+    return reauthorize_streams(asks)
+
+
+# Streams that opened together reach their deadlines together: checked together.
+rechecks: Batch[tuple[HttpRequest, uuid.UUID, Identity], bool] = Batch(recheck_streams)
 
 
 class JobStream(EventStream):
@@ -70,7 +106,7 @@ class JobStream(EventStream):
         return f"job={self.job_id} user={self.identity.label} events={self.sent}"
 
     async def authorize(self) -> bool:
-        return await run_in_db_thread(reauthorize_stream, self.request, self.job_id, self.identity)
+        return await rechecks.run((self.request, self.job_id, self.identity))
 
     async def subscribe(self) -> None:
         self.hub = get_hub()
@@ -124,13 +160,9 @@ class JobStream(EventStream):
             return
         job_id, most = self.job_id, conf.REPLAY_PAGE_SIZE
         max_bytes = conf.MAX_BUFFERED_BYTES // 4
-        page = await run_bulk_in_db_thread(
-            fetch_page,
-            job_id,
-            self.last_seq,
-            upto=upto,
-            limit=min(most, FIRST_PAGE_EVENTS),
-            max_bytes=max_bytes,
+        # Read with those of the streams starting theirs now (a storm of reconnections).
+        page = await first_pages.run(
+            (job_id, self.last_seq, upto, min(most, FIRST_PAGE_EVENTS), max_bytes)
         )
         following: asyncio.Future[Page] | None = None
         try:

@@ -27,7 +27,7 @@ from django.views.decorators.http import require_POST, require_safe
 
 from django_sse import metrics
 from django_sse.admission import Ticket, admission
-from django_sse.auth import authorize_stream, identify
+from django_sse.auth import aauthorize_stream, authorize_stream, identify
 from django_sse.conf import conf
 from django_sse.database import run_in_db_thread
 from django_sse.exceptions import JobFinished
@@ -141,7 +141,7 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     job_uuid = _job_uuid(request, job_id)
     checked_at = asyncio.get_running_loop().time()
     try:
-        access = await run_in_db_thread(authorize_stream, request, job_uuid)
+        access = await aauthorize_stream(request, job_uuid)
     except DatabaseError as exc:
         # A 5xx would make EventSource give up for good; an empty 200 stream makes it come
         # back after the retry delay. Nothing about the job is revealed.

@@ -11,6 +11,7 @@ from django.test import override_settings
 
 from django_sse import checks
 from django_sse.checks import deployment
+from django_sse.checks.settings import check_db_threads
 from tests import settings as test_settings
 
 
@@ -29,6 +30,7 @@ def test_test_settings_pass_every_check() -> None:
     assert checks.check_task_backend(None) == []
     assert checks.check_static_assets(None) == []
     assert checks.check_metrics(None) == []
+    assert check_db_threads(None) == []
 
 
 def test_a_buffer_smaller_than_four_of_the_largest_events_is_w006() -> None:
@@ -318,3 +320,21 @@ def test_a_layer_that_raises_when_built_is_w009() -> None:
 def test_a_layer_that_cannot_be_imported_is_w009() -> None:
     with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "nowhere.Layer"}}):
         assert ids(checks.check_channel_layer(None)) == ["django_sse.W009"]
+
+
+# -- E007: DB_THREADS ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "4", True])
+def test_db_threads_other_than_a_whole_number_from_one_is_e007(value: object) -> None:
+    with override_settings(DJANGO_SSE={"DB_THREADS": value}):
+        (error,) = check_db_threads(None)
+        assert checks.check_settings(None) == []  # a known key: E007 alone says what is wrong
+    assert isinstance(error, Error) and error.id == "django_sse.E007"
+    assert f"not {value!r}." in error.msg
+
+
+@pytest.mark.parametrize("value", [None, 1, 8])
+def test_db_threads_none_or_a_count_pass(value: object) -> None:
+    with override_settings(DJANGO_SSE={"DB_THREADS": value}):
+        assert check_db_threads(None) == []

@@ -10,6 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import override_settings
 
+from django_sse import hub as hub_module
 from django_sse import publish
 from django_sse.direct import DirectWriter
 from django_sse.hub import get_hub
@@ -268,3 +269,68 @@ async def test_an_event_a_subscriber_failed_to_take_reaches_its_browser_once(
     assert failed == [2]
     assert client.seqs == [1, 2, 3]
     await client.disconnect()
+
+
+async def test_subscribing_to_a_followed_job_is_a_set_insert(
+    hub_cleanup: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await Job.objects.acreate(name="followed")
+    hub = get_hub()
+    await subscribe(hub, job)
+    layer_calls: list[str] = []
+    queries: list[str] = []
+    if hub._layer is not None:
+        original = hub._layer.group_add
+
+        async def counting_group_add(group: str, channel: str) -> None:
+            layer_calls.append(group)
+            await original(group, channel)
+
+        monkeypatch.setattr(hub._layer, "group_add", counting_group_add)
+    monkeypatch.setattr(hub_module.baselines, "run", lambda *a, **k: queries.append("q"))
+    second = Inbox()
+    subscribing = hub.subscribe(job.pk, second)
+    # It completes without ever suspending: no layer call, no query, no wait.
+    with pytest.raises(StopIteration):
+        subscribing.send(None)
+    assert second in hub.feeds[job.pk].subscribers
+    assert layer_calls == [] and queries == []
+
+
+@override_settings(DJANGO_SSE={"DB_THREADS": 1, "POLL_SECONDS": 60})
+async def test_jobs_followed_together_read_their_baselines_in_one_query(
+    hub_cleanup: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from django_sse.database import run_in_db_thread
+
+    jobs = [await Job.objects.acreate(name=f"job {n}") for n in range(5)]
+    asked: list[int] = []
+    from django_sse.feed import last_seqs as original
+
+    def counting(job_ids: list[Any]) -> dict[Any, int]:
+        asked.append(len(job_ids))
+        return original(job_ids)
+
+    monkeypatch.setattr(hub_module, "last_seqs", counting)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        assert release.wait(10)
+
+    holding = asyncio.ensure_future(run_in_db_thread(hold))
+    assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
+    hub = get_hub()
+    subscribing = [asyncio.ensure_future(subscribe(hub, job)) for job in jobs]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while hub_module.baselines.waiting < len(jobs):
+        assert loop.time() < deadline, hub_module.baselines.waiting
+        await asyncio.sleep(0.01)
+    release.set()
+    await holding
+    await asyncio.gather(*subscribing)
+    assert asked == [len(jobs)]
+    assert all(hub.feeds[job.pk].seq == 0 for job in jobs)

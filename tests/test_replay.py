@@ -135,3 +135,48 @@ def test_a_full_page_says_more_may_follow(read_path: str, job: Job) -> None:
         publish(job, "step", n)
     assert replay.fetch_page(job.pk, 0, limit=2).more
     assert not replay.fetch_page(job.pk, 2, limit=3).more
+
+
+# -- fetch_pages: the first pages of streams opening together ---------------------------------
+
+
+def test_pages_asked_together_are_the_pages_asked_alone(read_path: str, job: Job) -> None:
+    # Three jobs: this one with events of every size and a hole (deleted by hand), one with a
+    # large event, one with none.
+    for value in [*DATA, {"big": "x" * 300}, {"n": 8}, "y" * 50, {"n": 10}]:
+        publish(job, "step", value)
+    JobEvent.objects.filter(job=job, seq=6).delete()
+    other = Job.objects.create(owner=job.owner)
+    publish(other, "step", "z" * 500)
+    publish(other, "step", 1)
+    empty = Job.objects.create(owner=job.owner)
+    asks: list[replay_sql.PageAsk] = []
+    for job_id, last in ((job.pk, 10), (other.pk, 2), (empty.pk, 0), (uuid.uuid4(), 0)):
+        for after in range(last + 1):
+            for upto in (None, after, after + 2, last):
+                for limit in (1, 3, 64):
+                    for max_bytes in (1, 40, 120, 10_000):
+                        asks.append((job_id, after, upto, limit, max_bytes))
+    alone = [
+        replay.fetch_page(job_id, after, upto=upto, limit=limit, max_bytes=max_bytes)
+        for job_id, after, upto, limit, max_bytes in asks
+    ]
+    assert replay.fetch_pages(asks) == alone
+    # Not only empty pages and first events: the cases cover the cuts.
+    assert any(page.more and len(page.events) > 1 for page in alone)
+    assert any(not page.more and len(page.events) > 1 for page in alone)
+
+
+def test_pages_asked_together_take_two_queries_at_most(job: Job) -> None:
+    jobs = [Job.objects.create(owner=job.owner) for _ in range(20)]
+    for n, other in enumerate(jobs):
+        for _ in range(n % 4):
+            publish(other, "step", n)
+    asks: list[replay_sql.PageAsk] = [(other.pk, 0, None, 64, 10_000) for other in jobs]
+    with CaptureQueriesContext(connection) as queries:
+        pages = replay.fetch_pages(asks)
+    # The ranges, then the rest of the pages that came back short (the ends of histories).
+    assert len(queries) == 2
+    assert [[event.seq for event in page.events] for page in pages] == [
+        list(range(1, n % 4 + 1)) for n in range(20)
+    ]

@@ -194,3 +194,132 @@ async def test_a_database_error_while_reading_ahead_reaches_the_stream(store: Fa
     with pytest.raises(DatabaseError):
         await reader.__anext__()
     assert (stream.last_seq, stream.sent) == (3, 3)
+
+
+# -- first pages read together -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@override_settings(DJANGO_SSE={"DB_THREADS": 1})
+async def test_replays_starting_together_read_their_first_pages_in_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asgiref.sync import sync_to_async
+    from django.contrib.auth.models import User
+
+    from django_sse import publish
+    from django_sse.database import run_in_db_thread
+    from django_sse.models import Job
+    from django_sse.replay import fetch_page, fetch_pages
+
+    def jobs_with_histories() -> list[Job]:
+        owner = User.objects.create(username="many")
+        jobs = [Job.objects.create(owner=owner) for _ in range(8)]
+        for n, job in enumerate(jobs):
+            for _ in range(n):
+                publish(job, "step", n)
+        return jobs
+
+    jobs = await sync_to_async(jobs_with_histories)()
+    calls: list[int] = []
+
+    def counting(asks: Any) -> list[Page]:
+        calls.append(len(asks))
+        return fetch_pages(asks)
+
+    monkeypatch.setattr(stream_module, "fetch_pages", counting)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        assert release.wait(10)
+
+    holding = asyncio.ensure_future(run_in_db_thread(hold))
+    assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
+    reading = [
+        asyncio.ensure_future(stream_module.first_pages.run((job.pk, 0, None, 64, 10_000)))
+        for job in jobs
+    ]
+    await asyncio.sleep(0)
+    assert stream_module.first_pages.waiting == len(jobs)
+    release.set()
+    await holding
+    pages = await asyncio.gather(*reading)
+    assert calls == [len(jobs)]
+    alone = [
+        await run_in_db_thread(fetch_page, job.pk, 0, limit=64, max_bytes=10_000) for job in jobs
+    ]
+    assert pages == alone
+    assert [len(page.events) for page in pages] == list(range(8))
+
+
+# -- session checks falling due together -------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@override_settings(DJANGO_SSE={"DB_THREADS": 1})
+async def test_streams_checked_together_read_their_jobs_once_and_keep_their_own_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asgiref.sync import sync_to_async
+    from django.contrib.sessions.models import Session
+    from django.http import HttpRequest
+
+    from django_sse.database import run_in_db_thread
+    from django_sse.identity import hash_session_key
+    from django_sse.models import Job
+    from tests.utils import make_session
+
+    def visitors() -> list[tuple[str, Job]]:
+        keys = [make_session() for _ in range(4)]
+        return [(key, Job.objects.create(session_hash=hash_session_key(key))) for key in keys]
+
+    (key_a, job_a), (key_b, job_b), (key_c, job_c), (key_d, job_d) = await sync_to_async(visitors)()
+    await Session.objects.filter(session_key=key_b).adelete()  # logged out since it opened
+    asked: list[int] = []
+    original = Job.objects.in_bulk
+
+    def counting(id_list: Any = None, **kwargs: Any) -> Any:
+        asked.append(len(id_list or ()))
+        return original(id_list, **kwargs)
+
+    monkeypatch.setattr(Job.objects, "in_bulk", counting)
+    broken_request = HttpRequest()
+
+    def failing_store(session_key: str | None) -> Any:
+        if session_key == key_d:
+            raise RuntimeError("a custom session engine's bug")
+        return original_store(session_key)
+
+    from django_sse import auth
+
+    original_store = auth._identity_from_store
+    monkeypatch.setattr(auth, "_identity_from_store", failing_store)
+    asks = [
+        (HttpRequest(), job_a.pk, Identity(None, key_a)),
+        (HttpRequest(), job_b.pk, Identity(None, key_b)),  # revoked
+        (HttpRequest(), job_a.pk, Identity(None, key_c)),  # not theirs
+        (HttpRequest(), job_c.pk, Identity(None, key_c)),
+        (broken_request, job_d.pk, Identity(None, key_d)),  # its check raises
+        (HttpRequest(), uuid.uuid4(), Identity(None, key_a)),  # the job was deleted
+    ]
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        assert release.wait(10)
+
+    holding = asyncio.ensure_future(run_in_db_thread(hold))
+    assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
+    checking = [asyncio.ensure_future(stream_module.rechecks.run(ask)) for ask in asks]
+    await asyncio.sleep(0)
+    assert stream_module.rechecks.waiting == len(asks)
+    release.set()
+    await holding
+    outcomes = await asyncio.gather(*checking, return_exceptions=True)
+    assert outcomes[:4] == [True, False, False, True]
+    assert isinstance(outcomes[4], RuntimeError)
+    assert outcomes[5] is False
+    assert asked == [5]  # six checks, five jobs, one query

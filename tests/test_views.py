@@ -506,7 +506,8 @@ async def test_unreachable_database_at_open_gives_a_stream_that_asks_to_retry(
     def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr("django_sse.views.authorize_stream", unreachable)
+    # The query reading the jobs of the streams opening together.
+    monkeypatch.setattr(Job.objects, "in_bulk", unreachable)
     client = await open_stream(job.pk, owner_key)
     assert client.status == 200
     assert client.headers["content-type"] == "text/event-stream; charset=utf-8"

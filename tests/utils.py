@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,6 +17,8 @@ from django.core.asgi import get_asgi_application
 
 from django_sse import publish
 from django_sse.asgi import DirectWriteMiddleware
+from django_sse.auth import authorizations
+from django_sse.database import run_in_db_thread
 from django_sse.hub import Hub
 from django_sse.inbox import Inbox
 from django_sse.models import Job, JobEvent
@@ -166,3 +169,37 @@ async def subscribe(hub: Hub, job: Job) -> Inbox:
     inbox = Inbox()
     await hub.subscribe(job.pk, inbox)
     return inbox
+
+
+# -- streams opening together (a storm of reconnections) -------------------------------------
+
+
+async def open_together(asks: list[tuple[Any, str]]) -> list[StreamClient]:
+    """Start one stream per ``(job_id, session_key)`` while the one database thread is busy,
+    so that their authorizations wait together; then let it go. Returns the started clients."""
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        assert release.wait(10)
+
+    holding = asyncio.ensure_future(run_in_db_thread(hold))
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, busy.wait, 5)
+    clients = [StreamClient(url(job_id), session_key=key) for job_id, key in asks]
+    starting = [asyncio.ensure_future(client.start()) for client in clients]
+    deadline = loop.time() + 10
+    while authorizations.waiting < len(asks):
+        assert loop.time() < deadline, authorizations.waiting
+        await asyncio.sleep(0.01)
+    release.set()
+    await holding
+    await asyncio.gather(*starting)
+    return clients
+
+
+async def stop_all(clients: list[StreamClient]) -> None:
+    """Disconnect the clients whose stream started."""
+    for client in clients:
+        if client.status == 200:
+            await client.disconnect()

@@ -120,6 +120,27 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
 
 
 @register(Tags.compatibility)
+def check_db_threads(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """``DB_THREADS``: None (sized by the database) or a whole number of threads, at least one
+    (each holds a database connection in every server process)."""
+    value = getattr(settings, "DJANGO_SSE", {})
+    if not isinstance(value, dict) or value.get("DB_THREADS") is None:
+        return []
+    threads = value["DB_THREADS"]
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        return [
+            Error(
+                f"DJANGO_SSE['DB_THREADS'] must be a whole number of threads (1 or more) or "
+                f"None, not {threads!r}.",
+                hint="None runs one thread on SQLite and four on other databases; each thread "
+                "holds one database connection per server process.",
+                id="django_sse.E007",
+            )
+        ]
+    return []
+
+
+@register(Tags.compatibility)
 def check_metrics(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
     """Metrics asked for and prometheus_client missing: nothing would be exported (imported
     only when the setting is on, see metrics.py)."""

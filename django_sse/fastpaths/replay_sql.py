@@ -32,6 +32,13 @@ from django_sse.models import JobEvent
 
 # ``(seq, type, data)`` rows, whether the byte limit cut them short, and the bytes they hold.
 PageRows = tuple[list[tuple[int, str, Any]], bool, int]
+# What ``select_page_rows`` is asked: ``(job_id, after, upto, limit, max_bytes)``.
+PageAsk = tuple[uuid.UUID, int, "int | None", int, int]
+
+# Pages asked for in one statement at most (six parameters each: within SQLite's 999).
+PAGES_PER_STATEMENT = 150
+# ``upto`` of a page without one (a seq is a PositiveBigIntegerField).
+_NO_UPTO = 2**63 - 1
 
 
 def raw_rows_supported(vendor: str) -> bool:
@@ -78,6 +85,65 @@ def select_page_rows(
     if not fetched:
         return rows, False, 0
     return rows, len(fetched) < fetched[0][3], int(fetched[-1][4])
+
+
+def select_pages_rows(using: str, asks: list[PageAsk]) -> list[PageRows]:
+    """``select_page_rows`` of several pages (of different jobs, say) in one statement per
+    ``PAGES_PER_STATEMENT``: the same rows, cut the same way, in the order asked."""
+    connection = connections[using]
+    if not raw_rows_supported(connection.vendor):
+        return [select_page_rows(using, *ask) for ask in asks]
+    pages: list[PageRows] = []
+    for start in range(0, len(asks), PAGES_PER_STATEMENT):
+        pages.extend(_select_pages_chunk(using, asks[start : start + PAGES_PER_STATEMENT]))
+    return pages
+
+
+def _select_pages_chunk(using: str, asks: list[PageAsk]) -> list[PageRows]:
+    connection = connections[using]
+    qn = connection.ops.quote_name
+    job_field, job = model_field(JobEvent, "job")
+    seq, type_, data = (qn(model_field(JobEvent, name)[1]) for name in ("seq", "type", "data"))
+    text = f"e.{data}::text" if connection.vendor == "postgresql" else f"e.{data}"
+    size = _data_size_sql(connection.vendor, "page.data")
+    # One row of parameters per page: its number, job, range, limit and byte limit. The same
+    # windows as select_page_rows, per page (PARTITION BY n); a page's LIMIT becomes
+    # ``position <= lim`` (the running sum of a row only counts the rows before it).
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(asks))
+    sql = (
+        f"WITH asks (n, job, after, upto, lim, most) AS (VALUES {values}) "
+        "SELECT n, seq, type, data, total, running FROM ("
+        "SELECT n, seq, type, data, lim, most, "
+        "SUM(size) OVER (PARTITION BY n ORDER BY seq) AS running, "
+        "ROW_NUMBER() OVER (PARTITION BY n ORDER BY seq) AS position, "
+        "COUNT(*) OVER (PARTITION BY n) AS total FROM ("
+        f"SELECT n, seq, type, data, lim, most, {size} AS size FROM ("
+        f"SELECT asks.n AS n, e.{seq} AS seq, e.{type_} AS type, {text} AS data, "
+        "asks.lim AS lim, asks.most AS most "
+        f"FROM asks JOIN {qn(JobEvent._meta.db_table)} e ON e.{qn(job)} = asks.job "
+        f"AND e.{seq} > asks.after AND e.{seq} <= asks.upto) page) sized) summed "
+        "WHERE position <= lim AND (running <= most OR position = 1) ORDER BY n, seq"
+    )
+    params: list[Any] = []
+    for n, (job_id, after, upto, limit, max_bytes) in enumerate(asks):
+        prepared = job_field.get_db_prep_value(job_id, connection)
+        params.extend([n, prepared, after, _NO_UPTO if upto is None else upto, limit, max_bytes])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        fetched = cursor.fetchall()
+    found: list[list[tuple[Any, ...]]] = [[] for _ in asks]
+    for row in fetched:
+        found[row[0]].append(row)
+    pages: list[PageRows] = []
+    for (_job_id, _after, _upto, limit, _max_bytes), page in zip(asks, found, strict=True):
+        rows = [(row[1], row[2], row[3]) for row in page]
+        if not page:
+            pages.append((rows, False, 0))
+            continue
+        # The rows the page's LIMIT would have let through, some of them cut by bytes.
+        within_limit = min(int(page[0][4]), limit)
+        pages.append((rows, len(page) < within_limit, int(page[-1][5])))
+    return pages
 
 
 def _data_size_sql(vendor: str, column: str) -> str:
