@@ -85,6 +85,17 @@ def test_a_batch_gets_consecutive_seqs_and_one_push(
     assert pushed == [[1], [2, 3, 4, 5, 6]]
 
 
+@pytest.mark.parametrize("data", [None, "text", 1.5, [1, None], {"k": None}])
+def test_a_batch_of_one_kind_of_data_is_stored_as_given_in_seq_order(
+    write_path: str, job: Job, pushed: list[list[int]], data: Any
+) -> None:
+    # All-NULL (or all-text) data must not make the database guess another column type.
+    events = publish_many(job, [("row", data)] * 3)
+    assert stored(job) == [(n, "row", data) for n in (1, 2, 3)]
+    pks = list(JobEvent.objects.filter(job=job).order_by("seq").values_list("pk", flat=True))
+    assert [e.pk for e in events] == pks == sorted(pks)
+
+
 def test_lists_are_pairs_too_and_an_empty_batch_records_nothing(
     job: Job, pushed: list[list[int]]
 ) -> None:

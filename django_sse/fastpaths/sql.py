@@ -195,20 +195,36 @@ def _write_one_statement(
     events: Sequence[JobEvent],
 ) -> tuple[int, str] | None:
     """PostgreSQL: the ``UPDATE`` and the ``INSERT`` as one statement (a data-modifying
-    ``WITH``); the ``INSERT`` takes its numbers from the row the ``UPDATE`` returns."""
+    ``WITH``); the ``INSERT`` takes its numbers from the row the ``UPDATE`` returns.
+
+    The events are one ``VALUES`` list joined to that row, each carrying its position ``n``
+    where its ``seq`` goes (``seq = last_seq - count + n``), inserted in that order. (A
+    ``UNION ALL`` of one ``SELECT`` per event, as before, took PostgreSQL over a second to
+    plan for 1,000 events.)"""
     connection = connections[using]
     qn = connection.ops.quote_name
+    model = type(events[0])
     count = len(events)
     update_sql, params = _update_sql(connection, jobs, job_id, count, now, updates)
     last_seq = qn(model_field(jobs, "last_seq")[1])
     status = qn(model_field(jobs, "status")[1])
-    seq_sql = [f"bumped.{last_seq} - {count - 1 - i}" for i in range(count)]
-    columns, rows, insert_params = _insert_sql(connection, events, seq_sql)
+    columns, rows, insert_params = _insert_sql(
+        connection, events, [str(i + 1) for i in range(count)]
+    )
+    fields = [f for f in model._meta.concrete_fields if f is not model._meta.pk]
+    aliases = [f"c{i}" for i in range(len(fields))]
+    selected = [
+        f"bumped.{last_seq} - {count} + v.{alias}" if f.attname == "seq" else f"v.{alias}"
+        for f, alias in zip(fields, aliases, strict=True)
+    ]
+    position = next(a for f, a in zip(fields, aliases, strict=True) if f.attname == "seq")
     sql = (
         f"WITH bumped AS ({update_sql}) "
-        f"INSERT INTO {qn(type(events[0])._meta.db_table)} ({columns}) "
-        + " UNION ALL ".join(f"SELECT {row} FROM bumped" for row in rows)
-        + f" RETURNING {_returning_ids(type(events[0]), connection)}"
+        f"INSERT INTO {qn(model._meta.db_table)} ({columns}) "
+        f"SELECT {', '.join(selected)} FROM bumped, (VALUES "
+        + ", ".join(f"({row})" for row in rows)
+        + f") AS v({', '.join(aliases)}) ORDER BY v.{position}"
+        f" RETURNING {_returning_ids(model, connection)}"
         f", (SELECT {last_seq} FROM bumped), (SELECT {status} FROM bumped)"
     )
     with connection.cursor() as cursor:
