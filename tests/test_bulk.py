@@ -85,7 +85,10 @@ def test_a_batch_gets_consecutive_seqs_and_one_push(
     assert pushed == [[1], [2, 3, 4, 5, 6]]
 
 
-@pytest.mark.parametrize("data", [None, "text", 1.5, [1, None], {"k": None}])
+@pytest.mark.parametrize(
+    "data",
+    [None, "text", 1.5, [1, None], {"k": None}, {"q": 'a"b\\c{},() NULL', "u": "é\u2028"}],
+)
 def test_a_batch_of_one_kind_of_data_is_stored_as_given_in_seq_order(
     write_path: str, job: Job, pushed: list[list[int]], data: Any
 ) -> None:
@@ -94,6 +97,14 @@ def test_a_batch_of_one_kind_of_data_is_stored_as_given_in_seq_order(
     assert stored(job) == [(n, "row", data) for n in (1, 2, 3)]
     pks = list(JobEvent.objects.filter(job=job).order_by("seq").values_list("pk", flat=True))
     assert [e.pk for e in events] == pks == sorted(pks)
+
+
+def test_event_types_that_read_like_sql_are_stored_as_given(
+    write_path: str, job: Job, pushed: list[list[int]]
+) -> None:
+    types = ["NULL", "null", "a.b-c_d", "x" * 64]
+    publish_many(job, [(t, None) for t in types])
+    assert [type_ for _seq, type_, _data in stored(job)] == types
 
 
 def test_lists_are_pairs_too_and_an_empty_batch_records_nothing(
