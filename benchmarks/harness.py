@@ -70,6 +70,7 @@ OURS = [c for c in CONFIGS if c not in PEERS]
 FULL = {
     "S1": {"subs": 1000, "n": 100, "rate": 20.0},
     "S2": {"subs": 1, "n": 20000, "rate": 0.0, "max_seconds": 60},
+    "S2b": {"subs": 1, "n": 100000, "rate": 0.0, "batch": 1000, "max_seconds": 120},
     "S3": {"steps": [500, 1000, 2000], "hold": 10.0},
     "S4": {"subs": 100, "n": 1000, "rate": 200.0},
     "S5": {"n": 100000},
@@ -80,6 +81,7 @@ FULL = {
 QUICK = {
     "S1": {"subs": 100, "n": 30, "rate": 20.0},
     "S2": {"subs": 1, "n": 1000, "rate": 0.0, "max_seconds": 60},
+    "S2b": {"subs": 1, "n": 10000, "rate": 0.0, "batch": 1000, "max_seconds": 60},
     "S3": {"steps": [50, 100, 200], "hold": 3.0},
     "S4": {"subs": 20, "n": 200, "rate": 200.0},
     "S5": {"n": 5000},
@@ -87,13 +89,18 @@ QUICK = {
     "S7": {"subs": 1, "n": 40, "rate": 20.0},
     "SWEEP": {"subs": [20, 50], "n": 30, "rate": 20.0},
 }
-ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "SWEEP"]
+ALL_SCENARIOS = ["S1", "S2", "S2b", "S3", "S4", "S5", "S6", "S7", "SWEEP"]
+# S2b (bulk publishing through publish_many) runs on one PostgreSQL and one SQLite
+# configuration, both with an external publisher (a task worker, as in production).
+S2B_CONFIGS = ("daphne-pg-pubsub", "daphne-sqlite-pubsub")
 
 
 def applies(scenario: str, config: str) -> bool:
     c = CONFIGS[config]
     if not c.get("direct", True):
         return scenario in ("S1", "S3")
+    if scenario == "S2b":
+        return config in S2B_CONFIGS
     if scenario in ("S5", "S6"):
         return c["app"] == "ours"
     if scenario == "S7":
@@ -538,6 +545,7 @@ class Publisher:
         rate: float,
         mode: str = "events",
         max_seconds: float = 600,
+        batch: int = 1000,
     ) -> None:
         self.path = publish_path(config)
         self.server = server
@@ -563,6 +571,8 @@ class Publisher:
                     mode,
                     "--max-seconds",
                     str(max_seconds),
+                    "--batch",
+                    str(batch),
                 ],
                 cwd=ROOT,
                 env=env.env,
@@ -731,16 +741,30 @@ class Runner:
         n: int,
         rate: float,
         max_seconds: float = 600,
+        batch: int = 0,
     ) -> dict[str, Any]:
+        """``batch`` > 0: publish through ``publish_many``, that many events to a call (S2b)."""
         server = Server(env, self.tmp)
         clients = Clients(max(1, min(self.args.clients, subs)))
         publisher: Publisher | None = None
         res = self.base(scenario, config, env, server)
         res.update(subscribers=subs, n=n, rate=rate)
+        if batch:
+            res["batch"] = batch
         profiler = None
         try:
             job = env.new_job()
-            publisher = Publisher(env, server, config, job, n, rate, max_seconds=max_seconds)
+            publisher = Publisher(
+                env,
+                server,
+                config,
+                job,
+                n,
+                rate,
+                mode="bulk" if batch else "events",
+                max_seconds=max_seconds,
+                batch=batch or 1000,
+            )
             opened = clients.open(env, server, subs, n, env.path(job))
             res.update(open=opened)
             time.sleep(1.0)  # let the last subscriptions settle (group join, baseline read)
@@ -784,6 +808,8 @@ class Runner:
                 db_conns_end=env.db_conns(server.pid),
                 publisher=pstats,
             )
+            if batch:
+                res["persisted_events_per_s"] = pstats.get("persisted_events_per_s")
             if res["deliveries_per_s"] and res["server_cpu_s"]:
                 res["server_cpu_us_per_delivery"] = (
                     1e6 * res["server_cpu_s"] / max(1, res["received"])
@@ -1040,11 +1066,18 @@ class Runner:
 
     def run_scenario(self, scenario: str, config: str, env: Env) -> list[dict[str, Any]]:
         p = self.p
-        if scenario in ("S1", "S4", "S7", "S2"):
+        if scenario in ("S1", "S4", "S7", "S2", "S2b"):
             q = p[scenario]
             return [
                 self.fanout(
-                    scenario, config, env, q["subs"], q["n"], q["rate"], q.get("max_seconds", 600)
+                    scenario,
+                    config,
+                    env,
+                    q["subs"],
+                    q["n"],
+                    q["rate"],
+                    q.get("max_seconds", 600),
+                    batch=q.get("batch", 0),
                 )
             ]
         if scenario == "SWEEP":
@@ -1085,6 +1118,7 @@ def one_line(r: dict[str, Any]) -> str:
         "threads_held",
         "db_conns_held",
         "events_per_s",
+        "persisted_events_per_s",
         "rss_growth_kb",
         "task_seconds",
         "last_value_delivered",
