@@ -141,19 +141,19 @@ class Hub:
         """A layer message for one of our groups. Anything malformed is dropped (the event, if
         it exists, is read from the database by the poll) and logged by its shape, never its
         data."""
-        events: tuple[uuid.UUID, list[StoredEvent]] | None
+        parsed: tuple[uuid.UUID, list[StoredEvent]] | None
         if isinstance(message, dict) and message.get("type") == BATCH_MESSAGE_TYPE:
-            events = parse_batch_message(message, BATCH_MESSAGE_MAX_BYTES)
+            parsed = parse_batch_message(message, BATCH_MESSAGE_MAX_BYTES)
         else:
-            event = parse_event_message(message)
-            events = None if event is None else (event[0], [event[1]])
-        if events is None:
+            single = parse_event_message(message)
+            parsed = None if single is None else (single[0], [single[1]])
+        if parsed is None:
             logger.warning("Ignored a malformed channel-layer message: %s", message_shape(message))
             return
-        job_id, stored = events
+        job_id, events = parsed
         feed = self.feeds.get(job_id)
         if feed is not None:
-            feed.offer(stored)
+            feed.offer(events)
 
     # -- background tasks ------------------------------------------------------------------
 

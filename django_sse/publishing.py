@@ -7,7 +7,7 @@ transaction commits, pushes them. ``django_sse`` re-exports ``publish``, ``publi
 their async twins.
 
 ``publish_many`` is one call, one transaction, one batch of consecutive ``seq`` numbers: a
-job that logs thousands of lines pays for one round trip per batch instead of one per event.
+job that logs thousands of lines pays for one transaction per batch instead of one per event.
 A batch is checked whole before anything is written, so one bad event stores none, and it is
 bounded (``MAX_BATCH_EVENTS``) rather than split here: splitting would make a call that fails
 halfway leave part of its events stored.
