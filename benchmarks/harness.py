@@ -70,6 +70,7 @@ OURS = [c for c in CONFIGS if c not in PEERS]
 FULL: dict[str, dict[str, Any]] = {
     "S1": {"subs": 1000, "n": 100, "rate": 20.0},
     "S2": {"subs": 1, "n": 20000, "rate": 0.0, "max_seconds": 60},
+    "S2b": {"subs": 1, "n": 100000, "rate": 0.0, "batch": 1000, "max_seconds": 120},
     "S3": {"steps": [500, 1000, 2000], "hold": 10.0},
     "S4": {"subs": 100, "n": 1000, "rate": 200.0},
     "S5": {"n": 100000},
@@ -80,6 +81,7 @@ FULL: dict[str, dict[str, Any]] = {
 QUICK: dict[str, dict[str, Any]] = {
     "S1": {"subs": 100, "n": 30, "rate": 20.0},
     "S2": {"subs": 1, "n": 1000, "rate": 0.0, "max_seconds": 60},
+    "S2b": {"subs": 1, "n": 10000, "rate": 0.0, "batch": 1000, "max_seconds": 60},
     "S3": {"steps": [50, 100, 200], "hold": 3.0},
     "S4": {"subs": 20, "n": 200, "rate": 200.0},
     "S5": {"n": 5000},
@@ -87,7 +89,10 @@ QUICK: dict[str, dict[str, Any]] = {
     "S7": {"subs": 1, "n": 40, "rate": 20.0},
     "SWEEP": {"subs": [20, 50], "n": 30, "rate": 20.0},
 }
-ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "SWEEP"]
+ALL_SCENARIOS = ["S1", "S2", "S2b", "S3", "S4", "S5", "S6", "S7", "SWEEP"]
+# S2b (bulk publishing through publish_many) runs on one PostgreSQL and one SQLite
+# configuration, both with an external publisher (a task worker, as in production).
+S2B_CONFIGS = ("daphne-pg-pubsub", "daphne-sqlite-pubsub")
 
 # -- issue 14: saturation (S8), the reconnect storm (S10), S3 at 10,000 streams ----------------
 # S8 and S10 live in saturation.py and storm.py; S3-10k is S3 with larger steps. Peers with a
@@ -124,6 +129,8 @@ def applies(scenario: str, config: str) -> bool:
         return applies_issue14(scenario, config)
     if not c.get("direct", True):
         return scenario in ("S1", "S3")
+    if scenario == "S2b":
+        return config in S2B_CONFIGS
     if scenario in ("S5", "S6"):
         return c["app"] == "ours"
     if scenario == "S7":
@@ -607,6 +614,7 @@ class Publisher:
         mode: str = "events",
         max_seconds: float = 600,
         credit: bool = False,
+        batch: int = 1000,
     ) -> None:
         # credit: publish event i only once told "CREDIT n" with n > i (S8's pacing).
         self.path = publish_path(config)
@@ -634,6 +642,8 @@ class Publisher:
                     "--max-seconds",
                     str(max_seconds),
                     *(["--credit"] if credit else []),
+                    "--batch",
+                    str(batch),
                 ],
                 cwd=ROOT,
                 env=env.env,
@@ -809,16 +819,30 @@ class Runner:
         n: int,
         rate: float,
         max_seconds: float = 600,
+        batch: int = 0,
     ) -> dict[str, Any]:
+        """``batch`` > 0: publish through ``publish_many``, that many events to a call (S2b)."""
         server = Server(env, self.tmp)
         clients = Clients(max(1, min(self.args.clients, subs)))
         publisher: Publisher | None = None
         res = self.base(scenario, config, env, server)
         res.update(subscribers=subs, n=n, rate=rate)
+        if batch:
+            res["batch"] = batch
         profiler = None
         try:
             job = env.new_job()
-            publisher = Publisher(env, server, config, job, n, rate, max_seconds=max_seconds)
+            publisher = Publisher(
+                env,
+                server,
+                config,
+                job,
+                n,
+                rate,
+                mode="bulk" if batch else "events",
+                max_seconds=max_seconds,
+                batch=batch or 1000,
+            )
             opened = clients.open(env, server, subs, n, env.path(job))
             res.update(open=opened)
             time.sleep(1.0)  # let the last subscriptions settle (group join, baseline read)
@@ -862,6 +886,8 @@ class Runner:
                 db_conns_end=env.db_conns(server.pid),
                 publisher=pstats,
             )
+            if batch:
+                res["persisted_events_per_s"] = pstats.get("persisted_events_per_s")
             if res["deliveries_per_s"] and res["server_cpu_s"]:
                 res["server_cpu_us_per_delivery"] = (
                     1e6 * res["server_cpu_s"] / max(1, res["received"])
@@ -1121,11 +1147,18 @@ class Runner:
 
     def run_scenario(self, scenario: str, config: str, env: Env) -> list[dict[str, Any]]:
         p = self.p
-        if scenario in ("S1", "S4", "S7", "S2"):
+        if scenario in ("S1", "S4", "S7", "S2", "S2b"):
             q = p[scenario]
             return [
                 self.fanout(
-                    scenario, config, env, q["subs"], q["n"], q["rate"], q.get("max_seconds", 600)
+                    scenario,
+                    config,
+                    env,
+                    q["subs"],
+                    q["n"],
+                    q["rate"],
+                    q.get("max_seconds", 600),
+                    batch=q.get("batch", 0),
                 )
             ]
         if scenario == "SWEEP":
@@ -1179,6 +1212,7 @@ def one_line(r: dict[str, Any]) -> str:
         "threads_held",
         "db_conns_held",
         "events_per_s",
+        "persisted_events_per_s",
         "rss_growth_kb",
         "task_seconds",
         "last_value_delivered",

@@ -28,6 +28,60 @@ def publish_events(
     return stats
 
 
+def publish_bulk(job_id: str, n: int, batch: int, max_seconds: float) -> dict[str, Any]:
+    """S2b: ``n`` events through ``publish_many``, ``batch`` to a call, as fast as it goes.
+
+    Each call returns once its transaction committed, so events / (end of the last call -
+    start of the first) is the persisted rate. Every event of a batch carries the time its
+    call started (its latency includes the whole batch's write).
+    """
+    from django_sse import publish_many
+    from django_sse.models import Job
+
+    job = Job.objects.get(pk=job_id)
+    cpu0 = time.process_time()
+    deadline = time.monotonic() + max_seconds
+    costs: list[float] = []
+    errors: list[str] = []
+    published = 0
+    t_first = time.time()
+    for start in range(0, n, batch):
+        if time.monotonic() > deadline:
+            errors.append(f"stopped at {start}: over {max_seconds} s")
+            break
+        t = time.time()
+        try:
+            publish_many(
+                job, [("bench", {"t": t, "i": i}) for i in range(start, min(n, start + batch))]
+            )
+        except Exception as exc:
+            errors.append(repr(exc))
+            continue
+        costs.append(time.time() - t)
+        published += min(n, start + batch) - start
+    t_end = time.time()
+    costs.sort()
+    return {
+        "n": n,
+        "batch": batch,
+        "rate_asked": 0.0,
+        "published": published,
+        "errors": len(errors),
+        "error_sample": errors[:3],
+        "t0": t_first,
+        "t_first": t_first,
+        "t_last": t_end,
+        "rate_achieved": published / (t_end - t_first) if t_end > t_first else None,
+        "persisted_events_per_s": published / (t_end - t_first) if t_end > t_first else None,
+        "batch_call_p50_ms": 1000 * costs[len(costs) // 2] if costs else None,
+        "batch_call_p99_ms": 1000 * costs[min(len(costs) - 1, int(0.99 * len(costs)))]
+        if costs
+        else None,
+        "publisher_cpu_s": time.process_time() - cpu0,
+        "done": True,
+    }
+
+
 def progress_loop(job_id: str, n: int) -> dict[str, Any]:
     """S6: a task's tight loop of ``n`` ``job.set_progress`` calls, then ``flush_progress``."""
     from django_sse.models import Job, JobEvent

@@ -1,7 +1,7 @@
 """A publisher in its own process (a task worker), started by the harness.
 
 python -m benchmarks.publisher --kind ours|naive|eventstream --target JOB_OR_TOPIC \
-    --n N --rate R [--mode events|progress] [--max-seconds S] [--credit]
+    --n N --rate R [--mode events|progress|bulk] [--batch B] [--max-seconds S] [--credit]
 
 Sets Django up, prints ``READY``, waits (at most 120 s) for a line on stdin, publishes, and
 prints one JSON line of stats: publish rate achieved, lag against each event's scheduled time,
@@ -44,7 +44,8 @@ def main() -> int:
     parser.add_argument("--target", required=True)
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--rate", type=float, required=True)
-    parser.add_argument("--mode", default="events", choices=["events", "progress"])
+    parser.add_argument("--mode", default="events", choices=["events", "progress", "bulk"])
+    parser.add_argument("--batch", type=int, default=1000, help="events per publish_many call")
     parser.add_argument("--max-seconds", type=float, default=600)
     parser.add_argument("--credit", action="store_true", help="wait for CREDIT lines (S8)")
     args = parser.parse_args()
@@ -58,7 +59,7 @@ def main() -> int:
 
         layer = get_channel_layer()
         group = "bench_" + args.target
-    if args.kind == "ours" and args.mode == "events":
+    if args.kind == "ours" and args.mode in ("events", "bulk"):
         # Warm up: import and connect before the clock starts.
         from django_sse.models import Job
 
@@ -81,6 +82,8 @@ def main() -> int:
 
         if args.mode == "progress":
             stats = jobs_work.progress_loop(args.target, args.n)
+        elif args.mode == "bulk":
+            stats = jobs_work.publish_bulk(args.target, args.n, args.batch, args.max_seconds)
         else:
             assert prepare is not None
             stats = jobs_work.publish_events(

@@ -359,6 +359,24 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     from benchmarks import report_scale
 
     report_scale.target_lines(rows, line)
+    star_s2 = by(rows, "S2").get("peer-starlette", {}).get("deliveries_per_s")
+    for c, r in by(rows, "S2b").items():
+        line(
+            "S2b",
+            c,
+            "zero loss (and no duplicate)",
+            f"lost {r['lost']}, dup {r['duplicated']} of {f(r.get('expected'))}",
+            r["lost"] == 0 and r["duplicated"] == 0,
+        )
+        if "-pg-" in c:
+            eps = r.get("persisted_events_per_s")
+            line(
+                "S2b",
+                c,
+                "≥ 20,000 persisted events/s on PostgreSQL, ≥ 0.8× sse-starlette's S2",
+                f"{f(eps)} events/s; {ratio(eps, star_s2)} of {f(star_s2)}",
+                None if eps is None else eps >= 20000 and (star_s2 is None or eps >= 0.8 * star_s2),
+            )
     out.append("")
     if any(r.get("quick") for r in rows):
         out.append("(Quick run: small N; the targets are defined for the full sizes.)")
@@ -467,6 +485,39 @@ def plots(rows: list[dict[str, Any]], plot_dir: Path) -> list[str]:
     return made
 
 
+def s2b_table(rows: list[dict[str, Any]]) -> list[str]:
+    got = by(rows, "S2b")
+    if not got:
+        return []
+    out = [
+        "### S2b: bulk publishing (publish_many, one subscriber)",
+        "",
+        "| config | events | batch | persisted events/s | batch call p50 ms | p99 ms "
+        "| received | lost | dup | latency p50 ms | p99 ms | publisher CPU s | server CPU s |",
+        "|" + "---|" * 13,
+    ]
+    for config, r in got.items():
+        p = r.get("publisher") or {}
+        cells = [
+            config,
+            f(p.get("published")),
+            f(r.get("batch")),
+            f(p.get("persisted_events_per_s")),
+            f(p.get("batch_call_p50_ms")),
+            f(p.get("batch_call_p99_ms")),
+            f(r.get("received")),
+            f(r.get("lost")),
+            f(r.get("duplicated")),
+            f(r.get("lat_p50_ms")),
+            f(r.get("lat_p99_ms")),
+            f(p.get("publisher_cpu_s"), 2),
+            cell(r, "server_cpu_s"),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", action="append")
@@ -493,6 +544,7 @@ def main() -> int:
     md += ["## Results", ""]
     md += fanout_table(rows, "S1", "S1: fan-out, one job, 20 events/s")
     md += fanout_table(rows, "S2", "S2: one subscriber, events as fast as the publisher goes")
+    md += s2b_table(rows)
     md += s3_table(rows)
     md += fanout_table(rows, "S4", "S4: 100 subscribers, 200 events/s asked")
     md += s5_table(rows)

@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "POLL_SECONDS": 1.0,
     # Largest accepted event payload, counted in bytes of encoded JSON.
     "MAX_DATA_BYTES": 64 * 1024,
+    # Most events one publish_many() call records (one transaction, one range of seq numbers).
+    "MAX_BATCH_EVENTS": 1000,
     # Progress updates of one job closer together than this are coalesced (in seconds).
     "PROGRESS_INTERVAL_SECONDS": 0.25,
     # A task's cancel_requested() reads the database at most this often per job (seconds).
@@ -116,6 +118,10 @@ class Settings:
     @property
     def MAX_DATA_BYTES(self) -> int:
         return int(self._get("MAX_DATA_BYTES"))
+
+    @property
+    def MAX_BATCH_EVENTS(self) -> int:
+        return int(self._get("MAX_BATCH_EVENTS"))
 
     @property
     def PROGRESS_INTERVAL_SECONDS(self) -> float:

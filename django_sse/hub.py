@@ -27,10 +27,17 @@ from django_sse import metrics
 from django_sse.conf import conf
 from django_sse.database import Batch
 from django_sse.discovery import Discovery
-from django_sse.event_message import message_shape, parse_event_message
+from django_sse.event_message import message_shape, parse_batch_message, parse_event_message
 from django_sse.feed import JobFeed, Subscriber, catch_up, last_seqs
 from django_sse.groups import EVENT_MESSAGE_TYPE, job_group
-from django_sse.pushing import get_layer, register_hub_loop, unregister_hub_loop
+from django_sse.pushing import (
+    BATCH_MESSAGE_MAX_BYTES,
+    BATCH_MESSAGE_TYPE,
+    get_layer,
+    register_hub_loop,
+    unregister_hub_loop,
+)
+from django_sse.replay import StoredEvent
 
 logger = logging.getLogger("django_sse")
 
@@ -38,6 +45,9 @@ logger = logging.getLogger("django_sse")
 GROUP_REFRESH_SECONDS = 600.0
 # Waits between two attempts to receive from a failing layer.
 RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# What pushing.py sends: one event, or a batch of consecutive ones. Other types are not ours
+# (or from a later version) and are skipped without a word: the poll finds their events.
+_MESSAGE_TYPES = frozenset({EVENT_MESSAGE_TYPE, BATCH_MESSAGE_TYPE})
 
 
 def _baselines(job_ids: list[uuid.UUID]) -> list[int]:
@@ -142,14 +152,19 @@ class Hub:
         """A layer message for one of our groups. Anything malformed is dropped (the event, if
         it exists, is read from the database by the poll) and logged by its shape, never its
         data."""
-        event = parse_event_message(message)
-        if event is None:
+        parsed: tuple[uuid.UUID, list[StoredEvent]] | None
+        if isinstance(message, dict) and message.get("type") == BATCH_MESSAGE_TYPE:
+            parsed = parse_batch_message(message, BATCH_MESSAGE_MAX_BYTES)
+        else:
+            single = parse_event_message(message)
+            parsed = None if single is None else (single[0], [single[1]])
+        if parsed is None:
             logger.warning("Ignored a malformed channel-layer message: %s", message_shape(message))
             return
-        job_id, stored = event
+        job_id, events = parsed
         feed = self.feeds.get(job_id)
         if feed is not None:
-            feed.offer([stored])
+            feed.offer(events)
 
     # -- background tasks ------------------------------------------------------------------
 
@@ -235,7 +250,7 @@ class Hub:
                 logger.info("Receiving from the channel layer works again.")
                 failures = 0
             try:
-                if isinstance(message, dict) and message.get("type") == EVENT_MESSAGE_TYPE:
+                if isinstance(message, dict) and message.get("type") in _MESSAGE_TYPES:
                     self.on_message(message)
             except Exception:
                 # A bug, not the layer: this message is lost to the fast path (the poll reads

@@ -3,8 +3,15 @@
 ``recording.py`` hands each committed batch of events to ``push_events`` (in a
 ``transaction.on_commit`` callback, so in a sync thread: a view, a task worker, a management
 command or a plain thread). It never raises: the events are already recorded, and open streams
-find anything the layer did not bring in the database (``POLL_SECONDS``). One layer message per
-event.
+find anything the layer did not bring in the database (``POLL_SECONDS``).
+
+A batch of one event is one ``django_sse.event`` message. A larger batch (``publish_many``) is
+one ``django_sse.events`` message holding the first ``seq`` and the events after it, so a
+stream gets it in one piece and a subscriber process makes one pass for it; the messages are
+split so that each carries at most ``BATCH_MESSAGE_MAX_BYTES`` of event text (Redis cuts off a
+pub/sub client whose output buffer grows past a few megabytes, and a message is held whole in
+memory at each hop). A process of an earlier version ignores the batch type (its hub only takes
+``django_sse.event``) and its poll reads those events from the database.
 
 - In-memory layer: it is not thread-safe and only reaches this process, so the send is handed
   to the event loop of each stream hub running here (a naive ``async_to_sync(group_send)`` from
@@ -37,6 +44,13 @@ if TYPE_CHECKING:
     from django_sse.models import JobEvent
 
 logger = logging.getLogger("django_sse")
+
+# A message holding several consecutive events of one job: {"type", "job", "seq" (the first
+# event's), "events": [[type, data], ...]} (lists: msgpack, Redis's codec, has no tuples).
+BATCH_MESSAGE_TYPE = "django_sse.events"
+# Most bytes of event text (types and JSON data) in one batch message. An event larger than
+# this on its own goes as a single-event message.
+BATCH_MESSAGE_MAX_BYTES = 256 * 1024
 
 # Event loops of this process that run a stream hub (weak: a loop that is gone drops out).
 _hub_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -79,11 +93,61 @@ def event_message(event: JobEvent) -> dict[str, Any]:
     }
 
 
-def push_events(events: Sequence[JobEvent]) -> None:
-    """Send a committed batch to its job's group, one message per event, in order. Logs
-    failures, never raises."""
+def batch_messages(events: Sequence[JobEvent]) -> list[dict[str, Any]]:
+    """The layer messages of consecutive events of one job, in order: batch messages of at
+    most ``BATCH_MESSAGE_MAX_BYTES`` of event text, and a single-event message for a run of
+    one."""
+    runs: list[list[list[str]]] = []
+    firsts: list[JobEvent] = []
+    size = BATCH_MESSAGE_MAX_BYTES
     for event in events:
-        push_event(event)
+        entry = [event.type, dump_data(event.data)]
+        cost = len(entry[0]) + len(entry[1].encode())
+        if size + cost > BATCH_MESSAGE_MAX_BYTES:
+            runs.append([])
+            firsts.append(event)
+            size = 0
+        runs[-1].append(entry)
+        size += cost
+    messages: list[dict[str, Any]] = []
+    for first, run in zip(firsts, runs, strict=True):
+        if len(run) == 1:
+            messages.append(event_message(first))
+        else:
+            messages.append(
+                {
+                    "type": BATCH_MESSAGE_TYPE,
+                    "job": first.job_id.hex,
+                    "seq": first.seq,
+                    "events": run,
+                }
+            )
+    return messages
+
+
+def push_events(events: Sequence[JobEvent]) -> None:
+    """Send a committed batch (consecutive events of one job) to its job's group, in order:
+    one message per event for a batch of one, batch messages otherwise. Logs failures, never
+    raises."""
+    if len(events) == 1:
+        push_event(events[0])
+        return
+    if not events:
+        return
+    try:
+        layer = get_layer()
+        if layer is None:
+            return
+        group = job_group(events[0].job_id)
+        for message in batch_messages(events):
+            _submit(layer, group, message)
+    except Exception:
+        logger.exception(
+            "Could not push events #%s to #%s of job %s.",
+            events[0].seq,
+            events[-1].seq,
+            events[0].job_id,
+        )
 
 
 def push_event(event: JobEvent) -> None:
@@ -92,27 +156,35 @@ def push_event(event: JobEvent) -> None:
         layer = get_layer()
         if layer is None:
             return
-        group = job_group(event.job_id)
-        message = event_message(event)
-        if isinstance(layer, InMemoryChannelLayer):
-            for loop in hub_loops():
-                asyncio.run_coroutine_threadsafe(_send(layer, group, message), loop)
-        else:
-            layer_sender.submit(layer, group, message)
+        _submit(layer, job_group(event.job_id), event_message(event))
     except Exception:
         logger.exception("Could not push event #%s of job %s.", event.seq, event.job_id)
+
+
+def _submit(layer: BaseChannelLayer, group: str, message: dict[str, Any]) -> None:
+    if isinstance(layer, InMemoryChannelLayer):
+        for loop in hub_loops():
+            asyncio.run_coroutine_threadsafe(_send(layer, group, message), loop)
+    else:
+        layer_sender.submit(layer, group, message)
 
 
 async def _send(layer: BaseChannelLayer, group: str, message: dict[str, Any]) -> None:
     try:
         await layer.group_send(group, message)
     except Exception as exc:
+        batch = message.get("events")
+        if batch:
+            what = f"events #{message['seq']} to #{message['seq'] + len(batch) - 1}"
+        else:
+            what = f"event #{message['seq']}"
         logger.warning(
-            "Could not push event #%s of job %s to the channel layer (%r); open streams will "
-            "read it from the database.",
-            message["seq"],
+            "Could not push %s of job %s to the channel layer (%r); open streams will read "
+            "%s from the database.",
+            what,
             message["job"],
             exc,
+            "them" if batch else "it",
         )
 
 

@@ -122,7 +122,13 @@ def test_bad_event_type_is_refused_and_nothing_stored(job: Job, bad: object) -> 
 
 
 def test_the_unchecked_writer_is_private_so_every_public_write_is_checked() -> None:
-    assert set(publishing.__all__) == {"apublish", "encode_data", "publish"}
+    assert set(publishing.__all__) == {
+        "apublish",
+        "apublish_many",
+        "encode_data",
+        "publish",
+        "publish_many",
+    }
     assert not hasattr(publishing, "record")
 
 

@@ -26,6 +26,7 @@ _NUMBERS = {
     "RETENTION_DAYS": (float, int),
     "RETRY_MILLISECONDS": (int,),
     "MAX_DATA_BYTES": (int,),
+    "MAX_BATCH_EVENTS": (int,),
     "REPLAY_PAGE_SIZE": (int,),
     "MAX_BUFFERED_BYTES": (int,),
     "SEND_TIMEOUT_SECONDS": (float, int),
