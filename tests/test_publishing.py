@@ -433,8 +433,12 @@ def test_a_batch_is_pushed_once_after_commit(
 
 
 def test_with_autocommit_off_events_are_pushed_when_the_caller_commits(
-    write_path: str, job: Job, pushed: list[JobEvent]
+    write_path: str, job: Job, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pushed: list[int] = []  # the seqs of each batch pushed, in order
+    monkeypatch.setattr(
+        "django_sse.pushing.push_events", lambda events: pushed.extend(e.seq for e in events)
+    )
     # Django's manual transaction management: on_commit() is refused outside an atomic block
     # there; the batch waits for the caller's commit.
     with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
@@ -443,11 +447,11 @@ def test_with_autocommit_off_events_are_pushed_when_the_caller_commits(
         transaction.set_autocommit(False)
         try:
             publish(job, "note")
-            assert [event.seq for event in pushed] == [1]
+            assert pushed == [1]
             transaction.commit()
         finally:
             transaction.set_autocommit(True)
-    assert [event.seq for event in pushed] == [1, 2, 3]
+    assert pushed == [1, 2, 3]
     assert stored(job) == [(1, "progress"), (2, "progress"), (3, "note")]
 
 
@@ -457,8 +461,12 @@ def test_with_autocommit_off_events_are_pushed_when_the_caller_commits(
     "SQLite'): a rollback there does not undo a write",
 )
 def test_with_autocommit_off_a_rollback_takes_the_batch_and_its_push(
-    write_path: str, job: Job, pushed: list[JobEvent]
+    write_path: str, job: Job, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pushed: list[int] = []  # the seqs of each batch pushed, in order
+    monkeypatch.setattr(
+        "django_sse.pushing.push_events", lambda events: pushed.extend(e.seq for e in events)
+    )
     with override_settings(DJANGO_SSE={"PROGRESS_INTERVAL_SECONDS": 3600}):
         job.set_progress(1)
         job.set_progress(2)  # pending: still pending after the rollback
@@ -470,7 +478,7 @@ def test_with_autocommit_off_a_rollback_takes_the_batch_and_its_push(
             transaction.commit()
         finally:
             transaction.set_autocommit(True)
-    assert [event.seq for event in pushed] == [1, 2, 3]
+    assert pushed == [1, 2, 3]
     assert stored(job) == [(1, "progress"), (2, "progress"), (3, "note")]
 
 
