@@ -13,12 +13,14 @@ from django.test import override_settings
 from django_sse import hub as hub_module
 from django_sse import publish
 from django_sse.direct import DirectWriter
+from django_sse.feed import last_seqs
 from django_sse.hub import get_hub
 from django_sse.inbox import EncodedEvent, Inbox
 from django_sse.models import Job
 from tests.utils import (
     application,
     apublish_in_thread,
+    db_thread_held,
     message,
     open_stream,
     plain_application,
@@ -301,36 +303,22 @@ async def test_subscribing_to_a_followed_job_is_a_set_insert(
 async def test_jobs_followed_together_read_their_baselines_in_one_query(
     hub_cleanup: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
-    from django_sse.database import run_in_db_thread
-
     jobs = [await Job.objects.acreate(name=f"job {n}") for n in range(5)]
     asked: list[int] = []
-    from django_sse.feed import last_seqs as original
 
     def counting(job_ids: list[Any]) -> dict[Any, int]:
         asked.append(len(job_ids))
-        return original(job_ids)
+        return last_seqs(job_ids)
 
     monkeypatch.setattr(hub_module, "last_seqs", counting)
-    busy, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        busy.set()
-        assert release.wait(10)
-
-    holding = asyncio.ensure_future(run_in_db_thread(hold))
-    assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
-    hub = get_hub()
-    subscribing = [asyncio.ensure_future(subscribe(hub, job)) for job in jobs]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while hub_module.baselines.waiting < len(jobs):
-        assert loop.time() < deadline, hub_module.baselines.waiting
-        await asyncio.sleep(0.01)
-    release.set()
-    await holding
+    async with db_thread_held():
+        hub = get_hub()
+        subscribing = [asyncio.ensure_future(subscribe(hub, job)) for job in jobs]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while hub_module.baselines.waiting < len(jobs):
+            assert loop.time() < deadline, hub_module.baselines.waiting
+            await asyncio.sleep(0.01)
     await asyncio.gather(*subscribing)
     assert asked == [len(jobs)]
     assert all(hub.feeds[job.pk].seq == 0 for job in jobs)

@@ -10,16 +10,24 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 from django.db import DatabaseError
+from django.http import HttpRequest
 from django.test import override_settings
 
+from django_sse import auth, publish
 from django_sse import stream as stream_module
 from django_sse.admission import Ticket
-from django_sse.identity import Identity
+from django_sse.database import run_in_db_thread
+from django_sse.identity import Identity, hash_session_key
 from django_sse.lifecycle import TERMINAL_TYPES
-from django_sse.replay import Page, StoredEvent
+from django_sse.models import Job
+from django_sse.replay import Page, StoredEvent, fetch_page, fetch_pages
 from django_sse.sse import encode_event
 from django_sse.stream import JobStream
+from tests.utils import db_thread_held, make_session
 
 JOB_ID = uuid.uuid4()
 
@@ -205,13 +213,6 @@ async def test_a_database_error_while_reading_ahead_reaches_the_stream(store: Fa
 async def test_replays_starting_together_read_their_first_pages_in_one_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from asgiref.sync import sync_to_async
-    from django.contrib.auth.models import User
-
-    from django_sse import publish
-    from django_sse.database import run_in_db_thread
-    from django_sse.models import Job
-    from django_sse.replay import fetch_page, fetch_pages
 
     def jobs_with_histories() -> list[Job]:
         owner = User.objects.create(username="many")
@@ -229,22 +230,13 @@ async def test_replays_starting_together_read_their_first_pages_in_one_call(
         return fetch_pages(asks)
 
     monkeypatch.setattr(stream_module, "fetch_pages", counting)
-    busy, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        busy.set()
-        assert release.wait(10)
-
-    holding = asyncio.ensure_future(run_in_db_thread(hold))
-    assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
-    reading = [
-        asyncio.ensure_future(stream_module.first_pages.run((job.pk, 0, None, 64, 10_000)))
-        for job in jobs
-    ]
-    await asyncio.sleep(0)
-    assert stream_module.first_pages.waiting == len(jobs)
-    release.set()
-    await holding
+    async with db_thread_held():
+        reading = [
+            asyncio.ensure_future(stream_module.first_pages.run((job.pk, 0, None, 64, 10_000)))
+            for job in jobs
+        ]
+        await asyncio.sleep(0)
+        assert stream_module.first_pages.waiting == len(jobs)
     pages = await asyncio.gather(*reading)
     assert calls == [len(jobs)]
     alone = [
@@ -263,14 +255,6 @@ async def test_replays_starting_together_read_their_first_pages_in_one_call(
 async def test_streams_checked_together_read_their_jobs_once_and_keep_their_own_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from asgiref.sync import sync_to_async
-    from django.contrib.sessions.models import Session
-    from django.http import HttpRequest
-
-    from django_sse.database import run_in_db_thread
-    from django_sse.identity import hash_session_key
-    from django_sse.models import Job
-    from tests.utils import make_session
 
     def visitors() -> list[tuple[str, Job]]:
         keys = [make_session() for _ in range(4)]
@@ -293,8 +277,6 @@ async def test_streams_checked_together_read_their_jobs_once_and_keep_their_own_
             raise RuntimeError("a custom session engine's bug")
         return original_store(session_key)
 
-    from django_sse import auth
-
     original_store = auth._identity_from_store
     monkeypatch.setattr(auth, "_identity_from_store", failing_store)
     asks = [
@@ -305,19 +287,10 @@ async def test_streams_checked_together_read_their_jobs_once_and_keep_their_own_
         (broken_request, job_d.pk, Identity(None, key_d)),  # its check raises
         (HttpRequest(), uuid.uuid4(), Identity(None, key_a)),  # the job was deleted
     ]
-    busy, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        busy.set()
-        assert release.wait(10)
-
-    holding = asyncio.ensure_future(run_in_db_thread(hold))
-    assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
-    checking = [asyncio.ensure_future(stream_module.rechecks.run(ask)) for ask in asks]
-    await asyncio.sleep(0)
-    assert stream_module.rechecks.waiting == len(asks)
-    release.set()
-    await holding
+    async with db_thread_held():
+        checking = [asyncio.ensure_future(stream_module.rechecks.run(ask)) for ask in asks]
+        await asyncio.sleep(0)
+        assert stream_module.rechecks.waiting == len(asks)
     outcomes = await asyncio.gather(*checking, return_exceptions=True)
     assert outcomes[:4] == [True, False, False, True]
     assert isinstance(outcomes[4], RuntimeError)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -174,9 +176,10 @@ async def subscribe(hub: Hub, job: Job) -> Inbox:
 # -- streams opening together (a storm of reconnections) -------------------------------------
 
 
-async def open_together(asks: list[tuple[Any, str]]) -> list[StreamClient]:
-    """Start one stream per ``(job_id, session_key)`` while the one database thread is busy,
-    so that their authorizations wait together; then let it go. Returns the started clients."""
+@contextlib.asynccontextmanager
+async def db_thread_held() -> AsyncIterator[None]:
+    """The stream database thread busy with a call of its own until the block ends, so that
+    the calls made inside wait there together (and are served as one batch)."""
     busy, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -184,16 +187,25 @@ async def open_together(asks: list[tuple[Any, str]]) -> list[StreamClient]:
         assert release.wait(10)
 
     holding = asyncio.ensure_future(run_in_db_thread(hold))
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, busy.wait, 5)
+        yield
+    finally:
+        release.set()
+        await holding
+
+
+async def open_together(asks: list[tuple[Any, str]]) -> list[StreamClient]:
+    """Start one stream per ``(job_id, session_key)`` while the one database thread is busy,
+    so that their authorizations wait together; then let it go. Returns the started clients."""
     loop = asyncio.get_running_loop()
-    assert await loop.run_in_executor(None, busy.wait, 5)
-    clients = [StreamClient(url(job_id), session_key=key) for job_id, key in asks]
-    starting = [asyncio.ensure_future(client.start()) for client in clients]
-    deadline = loop.time() + 10
-    while authorizations.waiting < len(asks):
-        assert loop.time() < deadline, authorizations.waiting
-        await asyncio.sleep(0.01)
-    release.set()
-    await holding
+    async with db_thread_held():
+        clients = [StreamClient(url(job_id), session_key=key) for job_id, key in asks]
+        starting = [asyncio.ensure_future(client.start()) for client in clients]
+        deadline = loop.time() + 10
+        while authorizations.waiting < len(asks):
+            assert loop.time() < deadline, authorizations.waiting
+            await asyncio.sleep(0.01)
     await asyncio.gather(*starting)
     return clients
 
