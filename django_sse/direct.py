@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from django_sse.ending import Guard, StreamClosed
 from django_sse.fastpaths.eager_send import start_send
@@ -77,21 +78,46 @@ class DirectWriter:
                 return
         self.inbox.deliver(item, now)
 
+    def deliver_many(self, items: Sequence[EncodedEvent], now: float) -> None:
+        """The hub's side for several events in order (a batch): written as one chunk, one
+        send, if they are consecutive and may go now; else left in the inbox."""
+        if self.active:
+            newer = [item for item in items if item.event.seq > self.last_seq]
+            if not newer:
+                return  # all sent already (read from the database during the replay)
+            first, last = newer[0].event.seq, newer[-1].event.seq
+            if last - first + 1 == len(newer):
+                chunk = b"".join(item.chunk for item in newer)
+                terminal = any(item.terminal for item in newer)
+                try:
+                    if self.write(last, chunk, terminal, now, count=len(newer)):
+                        return
+                except Exception as exc:
+                    logger.exception("Writing events %d to %d to a stream failed.", first, last)
+                    self.fail(exc)
+                    return
+            else:
+                self._hand_over()  # a hole the database has: the stream's task decides
+            items = newer
+        for item in items:
+            self.inbox.deliver(item, now)
+
     def miss(self, seq: int) -> None:
         """Event ``seq`` could not be taken: the stream's task reads it from the database."""
         self._hand_over()
         self.inbox.miss(seq)
 
-    def write(self, seq: int, chunk: bytes, terminal: bool, now: float) -> bool:
-        """Write event ``seq`` (its bytes: ``chunk``) if it is the next one and may go now.
-        False: not handled; the stream's task takes over."""
+    def write(self, seq: int, chunk: bytes, terminal: bool, now: float, count: int = 1) -> bool:
+        """Write the ``count`` consecutive events up to ``seq`` (their bytes: ``chunk``) if
+        they are the next ones and may go now. False: not handled; the stream's task takes
+        over."""
         if seq <= self.last_seq:
             return True  # already sent (read from the database during the replay)
-        # Only the next event: the hub hands them out in order (feed.py), so anything else is
+        # Only the next events: the hub hands them out in order (feed.py), so anything else is
         # a hole the database itself has. A chunk written here cannot be taken back: the
         # stream's task, not the hub's, sends whatever needs a decision.
         if (
-            seq != self.last_seq + 1
+            seq - count + 1 != self.last_seq + 1
             or self.inflight is not None
             or not self.sink.writable
             or not self.guard.fresh(now)
@@ -100,7 +126,7 @@ class DirectWriter:
             self._hand_over()
             return False
         self.last_seq = seq
-        self.sent += 1
+        self.sent += count
         self.bytes += len(chunk)
         try:
             # A message of its own: an ASGI middleware around ours may change the one it gets.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Protocol
 
 from django_sse import metrics
@@ -41,6 +41,11 @@ class Subscriber(Protocol):
     database, so even then its browser misses nothing."""
 
     def deliver(self, item: EncodedEvent, now: float) -> None: ...
+
+    def deliver_many(self, items: Sequence[EncodedEvent], now: float) -> None:
+        """Several events in ``seq`` order (a batch from ``publish_many``, a page of a gap
+        fill), which the subscriber may write as one chunk. Same contract as ``deliver``."""
+        ...
 
     def miss(self, seq: int) -> None: ...
 
@@ -77,6 +82,11 @@ async def catch_up(feeds: Iterable[JobFeed]) -> bool:
     return True
 
 
+def _span(events: Sequence[StoredEvent]) -> str:
+    first, last = events[0].seq, events[-1].seq
+    return f"event {first}" if first == last else f"events {first} to {last}"
+
+
 class JobFeed:
     """The subscribers of one job in this process and the newest ``seq`` handed to them (see
     the module docstring)."""
@@ -100,35 +110,46 @@ class JobFeed:
             self.held.extend(events)
             return
         ordered = sorted(events)
+        run: list[StoredEvent] = []  # the next events, consecutive: handed out together
         for index, event in enumerate(ordered):
-            if event.seq <= self.seq:
-                continue  # already handed out
-            if event.seq > self.seq + 1:
+            expected = (run[-1].seq if run else self.seq) + 1
+            if event.seq < expected:
+                continue  # already handed out (or twice in the message)
+            if event.seq > expected:
                 # Something in between was dropped: read it from the database first.
+                self._hand_out(run)
                 self.held.extend(ordered[index:])
                 self.fill_gap(upto=event.seq)
                 return
-            self._hand_out(event)
+            run.append(event)
+        self._hand_out(run)
 
     def release_held(self) -> None:
         held, self.held = self.held, []
         if held:
             self.offer(held)
 
-    def _hand_out(self, event: StoredEvent) -> None:
-        item = encode_live(event)
+    def _hand_out(self, events: Sequence[StoredEvent]) -> None:
+        """Hand ``events`` (newer than ``seq``, in order) to every subscriber at once: a batch
+        stays one write on a stream that is written to directly."""
+        if not events:
+            return
+        items = [encode_live(event) for event in events]
         now = self.loop.time()
         # A copy: a subscriber may run the server's code, which must not be able to change the
         # set under the loop.
         for subscriber in tuple(self.subscribers):
             try:
-                subscriber.deliver(item, now)
+                if len(items) == 1:
+                    subscriber.deliver(items[0], now)
+                else:
+                    subscriber.deliver_many(items, now)
             except Exception:
-                # A bug: this subscriber's stream reads the event from the database instead;
+                # A bug: this subscriber's stream reads the events from the database instead;
                 # the others go on.
-                logger.exception("Handing event %d of job %s out failed.", event.seq, self.job_id)
-                self._missed(subscriber, event.seq)
-        self.seq = event.seq
+                logger.exception("Handing %s of job %s out failed.", _span(events), self.job_id)
+                self._missed(subscriber, events[-1].seq)
+        self.seq = events[-1].seq
 
     def _missed(self, subscriber: Subscriber, seq: int) -> None:
         try:
@@ -156,18 +177,19 @@ class JobFeed:
                     # events wait for the next poll instead of asking again at once.
                     return
                 metrics.gap_filled(len(events))
-                for event in events:
-                    if event.seq <= self.seq:
-                        continue
-                    if event.seq > self.seq + 1:
+                newer = [event for event in events if event.seq > self.seq]
+                expected = self.seq + 1
+                for event in newer:
+                    if event.seq > expected:
                         # Later events are committed, so these never will be (deleted by hand?).
                         logger.warning(
                             "Events %d to %d of job %s are missing from the database.",
-                            self.seq + 1,
+                            expected,
                             event.seq - 1,
                             self.job_id,
                         )
-                    self._hand_out(event)
+                    expected = event.seq + 1
+                self._hand_out(newer)
             ok = True
         except Exception as exc:
             logger.warning(

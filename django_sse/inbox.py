@@ -11,6 +11,7 @@ database, which is the record, when it gets to it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from django_sse.conf import conf
@@ -79,6 +80,10 @@ class Inbox:
                 self.queued += size
                 budget.used += size
         self.wakeup.set()
+
+    def deliver_many(self, items: Sequence[EncodedEvent], now: float) -> None:
+        for item in items:
+            self.deliver(item, now)
 
     def miss(self, seq: int) -> None:
         """Event ``seq`` could not be taken: the stream reads it, and anything queued after it,

@@ -33,7 +33,7 @@ from django_sse.models import Job, JobEvent
 from django_sse.pushing import BATCH_MESSAGE_MAX_BYTES, BATCH_MESSAGE_TYPE, batch_messages
 from django_sse.replay import StoredEvent, fetch_events
 from django_sse.resume import MAX_SEQ
-from tests.utils import message, open_stream, plain_application, subscribe
+from tests.utils import message, open_stream, plain_application, subscribe, writing
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -392,6 +392,54 @@ async def test_a_caught_up_stream_sends_a_batch_as_one_chunk(
     assert client.seqs == list(range(1, 51))
     assert await client.nothing_within(0.2)
     await client.disconnect()
+
+
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE=NO_POLL)
+async def test_a_direct_writer_sends_a_batch_as_one_chunk(
+    hub_cleanup: None, job: Job, owner_key: str
+) -> None:
+    # Behind DirectWriteMiddleware the hub writes to the server itself: one send per batch.
+    client = await open_stream(job.pk, owner_key)
+    assert await client.read_chunk() == b"retry: 3000\n\n"
+    [writer] = await writing(job.pk)
+    await sync_to_async(publish_many)(job, [("row", n) for n in range(50)])
+    chunk = await client.read_chunk()
+    assert chunk.count(b"\n\n") == 50
+    assert client.seqs == list(range(1, 51))
+    assert (writer.last_seq, writer.active) == (50, True)  # written by the hub, not the task
+    await sync_to_async(publish_many)(job, [("row", n) for n in range(50, 53)])
+    assert (await client.read_chunk()).count(b"\n\n") == 3
+    assert client.seqs == list(range(1, 54))
+    assert await client.nothing_within(0.2)
+    await client.disconnect()
+
+
+@pytest.mark.asyncio
+@override_settings(DJANGO_SSE=NO_POLL)
+async def test_a_subscriber_that_raises_on_a_batch_reads_all_of_it_from_the_database(
+    hub_cleanup: None, job: Job, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        missed: list[int] = []
+
+        def deliver(self, item: Any, now: float) -> None:
+            raise AssertionError("a batch is handed out whole")
+
+        def deliver_many(self, items: Any, now: float) -> None:
+            raise RuntimeError("a bug")
+
+        def miss(self, seq: int) -> None:
+            self.missed.append(seq)
+
+    hub = get_hub()
+    before, broken = await subscribe(hub, job), Broken()
+    await hub.subscribe(job.pk, broken)
+    with caplog.at_level(logging.ERROR, "django_sse"):
+        hub.on_message(batch_message(job, 1, 3))
+    assert [item.event.seq for item in before.take()] == [1, 2, 3]
+    assert broken.missed == [3]  # its stream reads up to the batch's last event
+    assert f"Handing events 1 to 3 of job {job.pk} out failed." in caplog.text
 
 
 @pytest.mark.asyncio

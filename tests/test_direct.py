@@ -22,8 +22,9 @@ from django_sse.direct import DirectWriter
 from django_sse.ending import CloseReason, Guard, StreamClosed
 from django_sse.feed import Subscriber
 from django_sse.hub import get_hub
-from django_sse.inbox import Inbox
+from django_sse.inbox import EncodedEvent, Inbox
 from django_sse.models import Job
+from django_sse.replay import StoredEvent
 from django_sse.servers import Connection
 from django_sse.sink import Message, Sink
 from django_sse.stream import JobStream
@@ -36,6 +37,7 @@ from tests.utils import (
     plain_application,
     subscribe,
     url,
+    writing,
 )
 
 NO_POLL = {"POLL_SECONDS": 60}
@@ -57,20 +59,6 @@ async def waiting_live(job_id: Any) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"no stream of job {job_id} ever waited for live events")
-
-
-async def writing(job_id: Any, count: int = 1) -> list[DirectWriter]:
-    """Wait until ``count`` streams of the job wait with their direct writer active."""
-    hub = get_hub()
-    for _ in range(300):
-        feed = hub.feeds.get(job_id)
-        if feed is not None:
-            writers = [s for s in feed.subscribers if isinstance(s, DirectWriter)]
-            active = [w for w in writers if w.active]
-            if len(active) >= count:
-                return active
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"job {job_id} never had {count} active direct writer(s)")
 
 
 @pytest.fixture
@@ -463,7 +451,7 @@ async def test_a_writer_raising_in_the_dispatch_ends_only_its_stream(
     class BrokenWriter(DirectWriter):
         __slots__ = ()
 
-        def write(self, seq: int, chunk: bytes, terminal: bool, now: float) -> bool:
+        def write(self, seq: int, chunk: bytes, terminal: bool, now: float, count: int = 1) -> bool:
             raise RuntimeError("a bug")
 
     hub = get_hub()
@@ -541,6 +529,47 @@ async def test_writes_in_order_and_skips_what_was_sent() -> None:
     assert send.bodies == [chunk(3), chunk(4)]  # written at once, no task
     assert writer.inflight is None
     assert (writer.last_seq, writer.sent, writer.bytes) == (4, 2, len(chunk(3) + chunk(4)))
+
+
+def encoded(*seqs: int, terminal: bool = False) -> list[EncodedEvent]:
+    return [
+        EncodedEvent(StoredEvent(seq, "step", str(seq)), chunk(seq), terminal and seq == seqs[-1])
+        for seq in seqs
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_batch_is_one_write_without_what_was_sent() -> None:
+    send = SlowSend()
+    writer = make_writer(send)
+    writer.last_seq = 2
+    writer.active = True
+    now = asyncio.get_running_loop().time()
+    writer.deliver_many(encoded(1, 2, 3, 4, 5), now)
+    assert send.bodies == [chunk(3) + chunk(4) + chunk(5)]
+    assert (writer.last_seq, writer.sent, writer.active) == (5, 3, True)
+    writer.deliver_many(encoded(4, 5), now)  # all sent: nothing written, nothing queued
+    writer.deliver_many(encoded(6, 7, terminal=True), now)
+    assert send.bodies[1:] == [chunk(6) + chunk(7)]
+    assert writer.finished and not writer.active
+    assert writer.inbox.take() == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", ["hole", "over-allowance", "not-next"])
+async def test_a_batch_that_may_not_go_whole_goes_to_the_stream_whole(case: str) -> None:
+    send = SlowSend()
+    wakeup = Wakeup()
+    writer = make_writer(send, wakeup)
+    writer.active = True
+    seqs = {"hole": (1, 2, 4), "over-allowance": (1, 2, 3), "not-next": (2, 3)}[case]
+    if case == "over-allowance":
+        writer.allowance = len(chunk(1) + chunk(2))
+    writer.deliver_many(encoded(*seqs), asyncio.get_running_loop().time())
+    assert send.bodies == []  # nothing half-written: the stream's task decides
+    assert [item.event.seq for item in writer.inbox.take()] == list(seqs)
+    assert not writer.active and wakeup.is_set()
+    assert (writer.last_seq, writer.sent) == (0, 0)
 
 
 @pytest.mark.asyncio

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -222,6 +223,9 @@ async def test_a_subscriber_that_raises_misses_the_event_alone(
         missed: list[int] = []
 
         def deliver(self, item: EncodedEvent, now: float) -> None:
+            raise RuntimeError("a bug")
+
+        def deliver_many(self, items: Sequence[EncodedEvent], now: float) -> None:
             raise RuntimeError("a bug")
 
         def miss(self, seq: int) -> None:

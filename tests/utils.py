@@ -21,7 +21,8 @@ from django_sse import publish
 from django_sse.asgi import DirectWriteMiddleware
 from django_sse.auth import authorizations
 from django_sse.database import run_in_db_thread
-from django_sse.hub import Hub
+from django_sse.direct import DirectWriter
+from django_sse.hub import Hub, get_hub
 from django_sse.inbox import Inbox
 from django_sse.models import Job, JobEvent
 from tests.sse_parser import Event, Parser
@@ -215,3 +216,17 @@ async def stop_all(clients: list[StreamClient]) -> None:
     for client in clients:
         if client.status == 200:
             await client.disconnect()
+
+
+async def writing(job_id: Any, count: int = 1) -> list[DirectWriter]:
+    """Wait until ``count`` streams of the job wait with their direct writer active."""
+    hub = get_hub()
+    for _ in range(300):
+        feed = hub.feeds.get(job_id)
+        if feed is not None:
+            writers = [s for s in feed.subscribers if isinstance(s, DirectWriter)]
+            active = [w for w in writers if w.active]
+            if len(active) >= count:
+                return active
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job_id} never had {count} active direct writer(s)")
