@@ -20,6 +20,7 @@ from django.http import HttpRequest
 
 from django_sse.access import Access, can_access, identify, owns
 from django_sse.database import Batch
+from django_sse.fastpaths.sessions import preload_sessions
 from django_sse.identity import Identity
 from django_sse.models import Job
 
@@ -52,10 +53,12 @@ def authorize_streams(
     """``authorize_stream`` for streams opening together, their jobs read in one query: for
     each ``(request, job_id)``, its ``Access``, None, or the exception its own check raised (an
     ``AUTHORIZE`` callable's, a session's). A database error fails them all (raised)."""
+    # Database sessions in one query; any other store loads itself below.
+    preload_sessions(getattr(request, "session", None) for request, _job_id in asks)
     identities: list[tuple[Any, Identity] | BaseException] = []
     for request, _job_id in asks:
         # The identity first, for missing and forbidden jobs alike (the refusal log names the
-        # user). Sessions load one by one: each engine has its own store.
+        # user).
         try:
             identities.append(identify(request))
         except DatabaseError:
@@ -91,16 +94,27 @@ async def aauthorize_stream(request: HttpRequest, job_id: uuid.UUID) -> Access |
     return await authorizations.run((request, job_id))
 
 
-def _identity_from_store(session_key: str | None) -> tuple[Any, Identity]:
-    """The user and the identity as the session store knows them now."""
-    if not session_key:
-        return AnonymousUser(), Identity(None, None)
+def _session_probe(session_key: str | None) -> HttpRequest:
+    """A request holding a fresh store for ``session_key``, not loaded yet."""
     probe = HttpRequest()
-    engine = import_module(settings.SESSION_ENGINE)
-    probe.session = engine.SessionStore(session_key)
+    if session_key:
+        engine = import_module(settings.SESSION_ENGINE)
+        probe.session = engine.SessionStore(session_key)
+    return probe
+
+
+def _identity_of(probe: HttpRequest) -> tuple[Any, Identity]:
+    """The user and the identity as ``probe``'s session store knows them now."""
+    if getattr(probe, "session", None) is None:
+        return AnonymousUser(), Identity(None, None)
     # get_user() checks the session's auth hash: a password change logs the session out.
     user = get_user(probe)
     return user, Identity.of(user, probe.session.session_key)
+
+
+def _identity_from_store(session_key: str | None) -> tuple[Any, Identity]:
+    """The user and the identity as the session store knows them now."""
+    return _identity_of(_session_probe(session_key))
 
 
 def reauthorize_stream(request: HttpRequest, job_id: uuid.UUID, identity: Identity) -> bool:
@@ -121,14 +135,16 @@ def reauthorize_streams(
     together), their jobs read in one query: for each ``(request, job_id, identity)``, whether
     it may go on, or the exception its own check raised. A database error fails them all."""
     jobs = Job.objects.in_bulk({job_id for _request, job_id, _identity in asks})
+    probes = [_session_probe(identity.session_key) for _request, _job_id, identity in asks]
+    preload_sessions(getattr(probe, "session", None) for probe in probes)
     outcomes: list[bool | BaseException] = []
-    for request, job_id, identity in asks:
+    for (request, job_id, _identity), probe in zip(asks, probes, strict=True):
         job = jobs.get(job_id)
         if job is None:
             outcomes.append(False)
             continue
         try:
-            user, current = _identity_from_store(identity.session_key)
+            user, current = _identity_of(probe)
             request.user = user
             outcomes.append(can_access(request, job, current))
         except DatabaseError:

@@ -13,19 +13,26 @@ from typing import Any
 import pytest
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext, sync_to_async
 from django.contrib.auth.models import User
+from django.contrib.sessions.backends import cached_db as cached_db_store
+from django.contrib.sessions.backends import db as db_store
 from django.db import connection, transaction
 from django.db.models import F
+from django.http import HttpRequest
 from django.test.utils import CaptureQueriesContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from django_sse import publish
+from django_sse.access import Access
+from django_sse.auth import authorize_streams
 from django_sse.database import primary
 from django_sse.fastpaths import asgiref_threads, replay_sql, sql
 from django_sse.fastpaths.asgiref_threads import release_request_thread
 from django_sse.fastpaths.eager_send import start_send, start_send_plain
 from django_sse.fastpaths.jsoncodec import build_compact_dumps, json_text
+from django_sse.fastpaths.sessions import preload_sessions, preload_sessions_plain
 from django_sse.fastpaths.ssetext import encode_stored_events, encode_stored_events_plain
+from django_sse.identity import hash_session_key
 from django_sse.jsontext import dump_data
 from django_sse.lifecycle import EVENT_TYPE_RE
 from django_sse.models import Job, JobEvent
@@ -402,3 +409,68 @@ async def test_a_send_that_never_suspends_is_done_at_once_and_a_cancelled_one_is
     with pytest.raises(asyncio.CancelledError):
         await pending
     assert send.sent == [1] and send.closed == [1, 2, 3]
+
+
+# -- sessions.py ---------------------------------------------------------------------------------
+
+
+def session_stores(route: str) -> tuple[list[Any], CaptureQueriesContext]:
+    """Stores for a live session with data, an anonymous one, an expired one, a deleted one and
+    one already loaded, plus a cached_db store; preloaded by ``route``, then each read."""
+    live = db_store.SessionStore()
+    live["n"] = 1
+    live.create()
+    anonymous = db_store.SessionStore()
+    anonymous.create()
+    expired = db_store.SessionStore()
+    expired.set_expiry(-1)
+    expired.create()
+    keys = [live.session_key, anonymous.session_key, expired.session_key, "x" * 32]
+    stores: list[Any] = [db_store.SessionStore(key) for key in keys]
+    loaded = db_store.SessionStore(live.session_key)
+    loaded["m"] = 2  # loads it, and changes it: a preload must not overwrite that
+    other = cached_db_store.SessionStore(live.session_key)
+    preload = preload_sessions if route == "fast" else preload_sessions_plain
+    with CaptureQueriesContext(connection) as queries:
+        preload([*stores, loaded, other, None])
+        data = [dict(store.items()) for store in [*stores, loaded, other]]
+    keys = [store.session_key for store in [*stores, loaded, other]]  # after loading
+    return list(zip(keys, data, strict=True)), queries
+
+
+@pytest.mark.django_db
+def test_preloaded_sessions_hold_what_each_store_loads_itself() -> None:
+    fast, fast_queries = session_stores("fast")
+    plain, plain_queries = session_stores("plain")
+    # The same data and the same keys (an expired or unknown key dropped) whichever route.
+    assert [(key is None, data) for key, data in fast] == [
+        (key is None, data) for key, data in plain
+    ]
+    assert [data for _key, data in fast] == [{"n": 1}, {}, {}, {}, {"n": 1, "m": 2}, {"n": 1}]
+    assert [key is None for key, _data in fast][:4] == [False, False, True, True]
+
+    def session_reads(queries: CaptureQueriesContext) -> int:
+        return sum('"django_session"' in q["sql"] for q in queries.captured_queries)
+
+    # Plain: one read per store not loaded yet (the cached_db one too: its cache is empty).
+    # Fast: one for the four database stores, then the two with no row and the cached_db store
+    # read themselves.
+    assert session_reads(plain_queries) == 4 + 1
+    assert session_reads(fast_queries) == 1 + 2 + 1
+
+
+@pytest.mark.django_db
+def test_streams_authorized_together_read_their_sessions_in_one_query() -> None:
+    asks = []
+    for _ in range(5):
+        store = db_store.SessionStore()
+        store.create()
+        assert store.session_key is not None
+        job = Job.objects.create(session_hash=hash_session_key(store.session_key))
+        request = HttpRequest()
+        request.session = db_store.SessionStore(store.session_key)
+        asks.append((request, job.pk))
+    with CaptureQueriesContext(connection) as queries:
+        outcomes = authorize_streams(asks)
+    assert all(isinstance(outcome, Access) for outcome in outcomes)
+    assert sum('"django_session"' in q["sql"] for q in queries.captured_queries) == 1

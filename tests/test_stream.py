@@ -272,13 +272,13 @@ async def test_streams_checked_together_read_their_jobs_once_and_keep_their_own_
     monkeypatch.setattr(Job.objects, "in_bulk", counting)
     broken_request = HttpRequest()
 
-    def failing_store(session_key: str | None) -> Any:
-        if session_key == key_d:
+    def failing_store(probe: HttpRequest) -> Any:
+        if probe.session.session_key == key_d:
             raise RuntimeError("a custom session engine's bug")
-        return original_store(session_key)
+        return original_store(probe)
 
-    original_store = auth._identity_from_store
-    monkeypatch.setattr(auth, "_identity_from_store", failing_store)
+    original_store = auth._identity_of
+    monkeypatch.setattr(auth, "_identity_of", failing_store)
     asks = [
         (HttpRequest(), job_a.pk, Identity(None, key_a)),
         (HttpRequest(), job_b.pk, Identity(None, key_b)),  # revoked
