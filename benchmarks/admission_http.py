@@ -176,7 +176,7 @@ def run_size(
         needle = b"event: bench" if n_expected else b"retry"
         res["warm_up_s"] = warm_up(server.port, warm, env.cookie(), needle)
         if profile and runner.args.profile:
-            profiler = harness.Profiler(server.pid, runner.profile_dir / f"S9-{config}.txt", 5.0)
+            profiler = harness.Profiler(server.pid, runner.profile_dir / f"S9-{config}.txt", 10.0)
         k = len(clients.pipes)
         shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
         starts = [sum(shares[:i]) for i in range(k)]
