@@ -10,6 +10,8 @@ The orchestrator (``harness.py``) drives each worker through a pipe:
 - ``("status", {})``: connections still open, bytes received.
 - ``("storm", {"t_back": t})``: the reconnect storm's per-connection accounting (see
   ``storm.catch_up``): when each connection had every event published before ``t``.
+- ``("admission", {})``: each connection's connect attempt, first body chunk, first event and
+  whole replay, as wall-clock times (see ``admission_http.timings``).
 
 Reconnect storms (``spec["reconnect"]``): a connection that ends, or cannot connect, opens again
 after the ``retry:`` delay of its stream with ``Last-Event-ID``, as a browser's EventSource does,
@@ -62,20 +64,32 @@ class Conn(asyncio.Protocol):
         "status",
         "subscribed",
         "subscribed_event",
+        "t_complete",
+        "t_first_chunk",
+        "t_first_event",
         "t_lost",
         "t_resumed",
+        "t_start",
         "transport",
         "unique",
         "w",
     )
 
-    def __init__(self, worker: Worker, request: bytes = b"", port_index: int = 0) -> None:
+    def __init__(
+        self, worker: Worker, request: bytes = b"", port_index: int = 0, t_start: float = 0.0
+    ) -> None:
         self.w = worker
         self.request = request or worker.request
         self.port_index = port_index
         self.reconnects = 0
         self.t_resumed = 0.0  # first body chunk of the latest reconnection (-1: awaited)
         self.t_lost = 0.0  # when the latest connection ended
+        # Admission (S9), wall-clock: connect attempt, first body byte, first expected event,
+        # every expected event (0.0: not yet).
+        self.t_start = t_start
+        self.t_first_chunk = 0.0
+        self.t_first_event = 0.0
+        self.t_complete = 0.0
         # Storm accounting: receipt time and publish time of each event (by index).
         self.recv_at: array.array[float] | None = None
         self.pub_t: array.array[float] | None = None
@@ -173,6 +187,7 @@ class Conn(asyncio.Protocol):
             return
         if not self.subscribed:
             self.subscribed = True
+            self.t_first_chunk = now
             self.w.on_subscribed()
         if self.t_resumed < 0:
             self.t_resumed = now
@@ -206,6 +221,10 @@ class Conn(asyncio.Protocol):
                 else:
                     self.seen[i] = 1
                     self.unique += 1
+                    if not self.t_first_event:
+                        self.t_first_event = now
+                    if self.unique == w.n_expected:
+                        self.t_complete = now
                     if self.recv_at is not None and self.pub_t is not None:
                         self.recv_at[i] = now
                         self.pub_t[i] = obj["t"]
@@ -350,10 +369,11 @@ class Worker:
             path = paths[(first + k) % len(paths)]
             request = self.request_for(host, self.ports[index], path, cookie)
             async with sem:
+                t_start = time.time()
                 try:
                     _t, conn = await asyncio.wait_for(
                         loop.create_connection(
-                            lambda: Conn(self, request, index), host, self.ports[index]
+                            lambda: Conn(self, request, index, t_start), host, self.ports[index]
                         ),
                         connect_timeout,
                     )
@@ -452,6 +472,10 @@ def worker_main(pipe: Any) -> None:
                 from benchmarks.storm import catch_up
 
                 pipe.send(catch_up(w.conns, float(spec["t_back"])))
+            elif cmd == "admission":
+                from benchmarks.admission_http import timings
+
+                pipe.send(timings(w.conns))
             elif cmd == "close":
                 w.close()
                 await asyncio.sleep(0.2)

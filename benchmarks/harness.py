@@ -104,6 +104,10 @@ FULL["S3-10k"] = {"steps": [2000, 5000, 10000], "hold": 10.0}
 QUICK["S3-10k"] = {"steps": [500, 1000, 2000], "hold": 3.0}
 ALL_SCENARIOS += ["S8", "S10", "S3-10k"]
 S8_CONFIGS = ["daphne-pg-pubsub", "uvicorn-pg-pubsub", "granian-pg-pubsub"]
+# S9, admission (admission_http.py): that many streams, each on a job with `events` stored.
+FULL["S9"] = {"streams": [2000, 10000], "events": 5}
+QUICK["S9"] = {"streams": [200, 500], "events": 5}
+ALL_SCENARIOS += ["S9"]
 # The most open files a process may need: 10,000 streams, their replies, the database.
 NOFILE_WANTED = 32768
 
@@ -125,7 +129,7 @@ def raise_nofile() -> tuple[int, int]:
 
 def applies(scenario: str, config: str) -> bool:
     c = CONFIGS[config]
-    if scenario in ("S8", "S10", "S3-10k"):
+    if scenario in ("S8", "S9", "S10", "S3-10k"):
         return applies_issue14(scenario, config)
     if not c.get("direct", True):
         return scenario in ("S1", "S3")
@@ -146,6 +150,10 @@ def applies_issue14(scenario: str, config: str) -> bool:
         from benchmarks import storm
 
         return storm.applies(c)
+    if scenario == "S9":
+        from benchmarks import admission_http
+
+        return admission_http.applies(config)
     # S3-10k
     return config in S8_CONFIGS or config in ("peer-starlette", "peer-raw")
 
@@ -1170,7 +1178,7 @@ class Runner:
             return [self.s5(config, env)]
         if scenario == "S6":
             return [self.s6(config, env)]
-        if scenario in ("S8", "S10", "S3-10k"):
+        if scenario in ("S8", "S9", "S10", "S3-10k"):
             return self.run_issue14(scenario, config, env)
         raise ValueError(scenario)
 
@@ -1179,6 +1187,10 @@ class Runner:
             from benchmarks import saturation
 
             return [saturation.run(self, config, env)]
+        if scenario == "S9":
+            from benchmarks import admission_http
+
+            return admission_http.run(self, config, env)
         if scenario == "S10":
             from benchmarks import storm
 
@@ -1223,6 +1235,11 @@ def one_line(r: dict[str, Any]) -> str:
         "reconnects",
         "catch_up_max_s",
         "beyond_retry_max_s",
+        "streams",
+        "admitted_s",
+        "first_event_p99_ms",
+        "failed",
+        "skipped",
     ]
     parts = []
     for k in keys:

@@ -1,6 +1,7 @@
-"""RESULTS.md sections and plots of the scale scenarios (issue 14): S8 saturation, S10 reconnect
-storm, S3 at 10,000 idle streams. Kept apart from ``report.py`` so that each scenario family
-reads in one file; ``report.py`` calls ``tables``, ``target_lines`` and ``plots``.
+"""RESULTS.md sections and plots of the scale scenarios (issue 14): S8 saturation, S9
+admission, S10 reconnect storm, S3 at 10,000 idle streams. Kept apart from ``report.py`` so
+that each scenario family reads in one file; ``report.py`` calls ``tables``, ``target_lines``
+and ``plots``.
 """
 
 # ruff: noqa: RUF001  (as in report.py: multiplication-sign ratios, en dash for no figure)
@@ -71,6 +72,101 @@ def s8_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def s9_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """S9 rows in run order, one per configuration and size (skipped sizes included)."""
+    return [r for r in rows if r.get("scenario") == "S9" and "error" not in r]
+
+
+def s9_naive(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """The naive Django view's admission seconds by size: the reference of the S9 target."""
+    return {
+        r["streams"]: r["admitted_s"]
+        for r in s9_rows(rows)
+        if r["config"] == "peer-naive-pubsub" and r.get("admitted_s")
+    }
+
+
+def s9_table(rows: list[dict[str, Any]]) -> list[str]:
+    got = s9_rows(rows)
+    if not got:
+        return []
+    naive = s9_naive(rows)
+    out = [
+        "### S9: admission",
+        "",
+        "N streams opened as fast as the load client can (50 connecting at a time), each on a "
+        "job of its own with 5 stored events; a fresh, warmed-up server per size. *admitted s*: "
+        "from the first connect attempt until every stream had its replay (ours and "
+        "django-eventstream: all 5 stored events; the naive view, sse-starlette and the raw "
+        "ceiling keep no history: their first chunk). Per connection, from its own connect "
+        "attempt: first chunk, first event (the first chunk for the peers without history), "
+        "whole replay. *failed*: connect errors, HTTP errors, and streams that closed or did "
+        "not complete within 120 s. Threads and DB connections with every stream open.",
+        "",
+        "| config | streams | replay | admitted | failed | connect err | HTTP err | admitted s | "
+        "÷ naive | opens/s | first chunk p99 ms | first event p50 ms | first event p99 ms | "
+        "replay p99 ms | server CPU s | threads | DB conns |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in got:
+        n = r.get("streams")
+        if r.get("skipped"):
+            out.append(f"| {r['config']} | {f(n)} | skipped: {r['skipped']} |" + " |" * 14)
+            continue
+        cells = [
+            r["config"],
+            f(n),
+            str(r.get("replay", "")),
+            f(r.get("admitted")),
+            f(r.get("failed")),
+            f(r.get("connect_errors")),
+            f(r.get("http_errors")),
+            f(r.get("admitted_s"), 2),
+            ratio(r.get("admitted_s"), naive.get(n)) if r["config"] != "peer-naive-pubsub" else "–",
+            f(r.get("opens_per_s")),
+            f(r.get("first_chunk_p99_ms")),
+            f(r.get("first_event_p50_ms")),
+            f(r.get("first_event_p99_ms")),
+            f(r.get("replay_p99_ms")),
+            f(r.get("server_cpu_s"), 2),
+            f(r.get("threads_end")),
+            f(r.get("db_conns_end")),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def s9_target_lines(rows: list[dict[str, Any]], line: Line) -> None:
+    """For each of our configurations: the smallest size (2,000 in the full run) admitted in
+    at most the naive Django view's time at that size, in the same run; the largest size
+    (10,000) without a failed connection."""
+    got = [r for r in s9_rows(rows) if r["config"] not in PEERS and not r.get("skipped")]
+    naive = s9_naive(rows)
+    for c in dict.fromkeys(r["config"] for r in got):
+        mine = sorted((r for r in got if r["config"] == c), key=lambda r: r["streams"])
+        small, large = mine[0], mine[-1]
+        n = small["streams"]
+        t, ref = small.get("admitted_s"), naive.get(n)
+        line(
+            "S9",
+            c,
+            f"{n:,} admitted ≤ 1.0× the naive Django view's time",
+            f"{f(t, 2)} s vs {f(ref, 2)} s ({ratio(t, ref)}); {f(small.get('failed'))} failed",
+            None if not (t and ref) else t <= ref,
+        )
+        failed = large.get("failed")
+        line(
+            "S9",
+            c,
+            f"{large['streams']:,} without a failed connection",
+            f"{f(large.get('admitted'))}/{f(large['streams'])} admitted, {f(failed)} failed "
+            f"(connect {f(large.get('connect_errors'))}, HTTP {f(large.get('http_errors'))}), "
+            f"p99 first event {f(large.get('first_event_p99_ms'))} ms",
+            failed == 0,
+        )
+
+
 def s10_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if str(r.get("scenario", "")).startswith("S10-") and "error" not in r]
 
@@ -123,6 +219,7 @@ def s10_table(rows: list[dict[str, Any]]) -> list[str]:
 def tables(rows: list[dict[str, Any]]) -> list[str]:
     return (
         s8_table(rows)
+        + s9_table(rows)
         + s10_table(rows)
         + s3_table(rows, "S3-10k", "S3-10k: idle streams held, up to 10,000 per process")
     )
@@ -167,6 +264,7 @@ def target_lines(rows: list[dict[str, Any]], line: Line) -> None:
             f"{f(mine)} vs {f(raw)} ({ratio(mine, raw)})",
             None if not (mine and raw) else mine >= 0.5 * raw,
         )
+    s9_target_lines(rows, line)
     for r in s10_rows(rows):
         c, shape = r["config"], r.get("shape")
         if c in PEERS:
