@@ -693,14 +693,12 @@ def reads_model(res: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
     shortest, longest = res["streams_open_min_s"], open_s
     session_range = [
         q["watchers"] * (1 + int(shortest // HEARTBEAT_SECONDS)),
-        q["watchers"] * (2 + int(longest // HEARTBEAT_SECONDS)),
+        q["watchers"] * (1 + int(longest // HEARTBEAT_SECONDS)),
     ]
     return {
         "streams_open_s": [round(shortest, 1), round(open_s, 1)],
-        # One at admission, then one per HEARTBEAT_SECONDS; in a stream's first period the
-        # deadline's check and the first heartbeat's (streaming._live counts its first beat
-        # from the start of the live phase, not from the deadline) are two checks a moment
-        # apart, or one when they fall together. Each stream is open between the two times.
+        # One at admission, then one per HEARTBEAT_SECONDS (the first heartbeat falls on the
+        # admission check's deadline). Each stream is open between the two times.
         "session_reads": {
             "model_range": session_range,
             "observed": tables.get("django_session", {}).get("idx_scan", 0),

@@ -260,8 +260,9 @@ class EventStream:
 
     async def _live(self) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
-        heartbeat = conf.HEARTBEAT_SECONDS
-        next_beat = loop.time() + heartbeat
+        # The first heartbeat falls on the authorization's deadline, where the session is
+        # checked anyway: one check per period from the start, not an extra one before it.
+        next_beat = self.guard.until or loop.time() + conf.HEARTBEAT_SECONDS
         while True:
             async with aclosing(self.drain()) as chunks:
                 async for chunk in chunks:

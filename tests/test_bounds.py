@@ -28,7 +28,7 @@ from django_sse.hub import get_hub
 from django_sse.identity import Identity
 from django_sse.models import Job
 from django_sse.resume import base36
-from tests.utils import StreamClient, make_session, plain_application
+from tests.utils import StreamClient, apublish_in_thread, make_session, plain_application
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -437,3 +437,29 @@ async def test_an_idle_stream_checks_its_session_once_per_heartbeat(
             beats += 1
     await client.disconnect()
     assert beats <= checks <= beats + 1
+
+
+@override_settings(DJANGO_SSE={"HEARTBEAT_SECONDS": 1.0, "POLL_SECONDS": 60})
+async def test_the_first_heartbeat_is_the_first_session_check_after_opening(
+    hub_cleanup: None, job: Job, owner_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Authorized when it opened, the stream checks again at that check's deadline, with its
+    # first heartbeat: not once at the deadline and again at a heartbeat counted from the end
+    # of its replay (twice the session reads in a reconnect storm).
+    from django_sse import stream as stream_module
+    from django_sse.auth import reauthorize_stream as original
+
+    checks: list[int] = []
+
+    def counting(*args: Any) -> bool:
+        checks.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(stream_module, "reauthorize_stream", counting)
+    await apublish_in_thread(job, "step", {"n": 1})
+    client = StreamClient(job_url(job), session_key=owner_key)
+    assert await client.start() == 200
+    while await client.read_chunk() != b": ping\n\n":
+        pass
+    assert len(checks) == 1
+    await client.disconnect()
