@@ -15,8 +15,9 @@ replay (``admitted_s``), streams admitted per second, and per connection the tim
 connect attempt to its first event (the first chunk for the peers without history) and to its
 whole replay; connect errors, HTTP errors, connections that closed or never completed; server
 CPU seconds over the admission; server threads and database connections with every stream
-still open. The load client opens at most 50 connections at a time (as in every scenario),
-which also keeps within Daphne's listen backlog (Twisted's default, 50).
+still open. The load client opens at most 50 connections at a time (as in every scenario);
+every server listens with a backlog of 4,096 (``harness.Server``; Daphne's own default, 50,
+overflowed in a 2,000-stream admission here).
 
 ``benchmarks/admission.py`` asks the same question in process (no server, no network): the
 place to profile the stream's own admission path.

@@ -379,10 +379,11 @@ class Server:
                 PY,
                 "-m",
                 "daphne",
-                "-b",
-                HOST,
-                "-p",
-                str(self.port),
+                # The same listen backlog as uvicorn and Granian get below (Twisted's default
+                # is 50: a burst of connections overflows it and the kernel drops SYNs, which
+                # the client retries a second later).
+                "-e",
+                f"tcp:port={self.port}:interface={HOST}:backlog=4096",
                 "-v",
                 "0",
                 "benchmarks.asgi:application",
