@@ -2,9 +2,10 @@
 ``send`` (the plain route) or through ``servers.Connection.body_send`` (Daphne's direct writes,
 ``fastpaths/daphne_write.py``), so that a client can compare what each puts on the wire.
 
-``GET /chunks?route=direct|plain&count=N&size=BYTES&sndbuf=BYTES&id=NAME`` answers ``count``
-chunks of ``size`` bytes each (``chunk_bytes``), waiting while the connection says its client
-does not keep up (as ``sink.Sink.deliver`` does), then ends the body. ``sndbuf`` shrinks the
+``GET /chunks?route=direct|plain&count=N&size=BYTES&burst=K&sndbuf=BYTES&id=NAME`` answers
+``count`` chunks of ``size`` bytes each (``chunk_bytes``), ``burst`` of them in each turn of
+the event loop, waiting while the connection says its client does not keep up (as
+``sink.Sink.deliver`` does), then ends the body. ``sndbuf`` shrinks the
 socket's send buffer first. What happened is appended, as one JSON line per request, to the
 file named by ``CHUNKS_REPORT``: ``{"id", "route", "direct", "outcomes", "paused", "error",
 "sent_length"}``,
@@ -20,7 +21,7 @@ import json
 import os
 import socket
 import traceback
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 from django_sse.fastpaths import daphne_write
@@ -64,6 +65,7 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
     name, route = query.get("id", ""), query.get("route", "plain")
     count, size = int(query.get("count", "0")), int(query.get("size", "0"))
+    burst = int(query.get("burst", "1"))
     connection = connection_of(send)
     assert connection is not None and connection.server == "daphne"
     if "sndbuf" in query:
@@ -90,8 +92,10 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await body_send(
                 {"type": "http.response.body", "body": chunk_bytes(index, size), "more_body": True}
             )
-            # Let Twisted run between chunks (send, drain, notice a closed connection).
-            await asyncio.sleep(0)
+            # Let Twisted run between chunks, or bursts of chunks (send, drain, notice a
+            # closed connection).
+            if (index + 1) % burst == 0:
+                await asyncio.sleep(0)
         await body_send({"type": "http.response.body", "body": b"", "more_body": False})
     except BaseException:
         error = traceback.format_exc()
@@ -107,6 +111,6 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 "paused": paused,
                 "error": error,
                 # What Daphne logs as the response's size: Request.write's count of body bytes.
-                "sent_length": getattr(connection, "request", None).sentLength,
+                "sent_length": cast(Any, connection).request.sentLength,
             }
         )
