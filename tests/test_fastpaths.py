@@ -6,8 +6,13 @@ import asyncio
 import contextlib
 import datetime
 import json
+import socket
+import struct
+import subprocess
 import threading
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +33,7 @@ from django_sse.auth import authorize_streams
 from django_sse.database import primary
 from django_sse.fastpaths import asgiref_threads, replay_sql, sql
 from django_sse.fastpaths.asgiref_threads import release_request_thread
+from django_sse.fastpaths.daphne_write import can_write_directly
 from django_sse.fastpaths.eager_send import start_send, start_send_plain
 from django_sse.fastpaths.jsoncodec import build_compact_dumps, json_text
 from django_sse.fastpaths.sessions import preload_sessions, preload_sessions_plain
@@ -37,6 +43,17 @@ from django_sse.jsontext import dump_data
 from django_sse.lifecycle import EVENT_TYPE_RE
 from django_sse.models import Job, JobEvent
 from django_sse.replay import StoredEvent
+from django_sse.servers import Connection
+from tests.live.chunks_app import chunk_bytes
+from tests.live.processes import (
+    ROOT,
+    child_env,
+    free_port,
+    server_command,
+    stop_process,
+    wait_listening,
+    wait_until,
+)
 
 # -- jsoncodec: the JSON text of stored data ---------------------------------------------------
 
@@ -474,3 +491,189 @@ def test_streams_authorized_together_read_their_sessions_in_one_query() -> None:
         outcomes = authorize_streams(asks)
     assert all(isinstance(outcome, Access) for outcome in outcomes)
     assert sum('"django_session"' in q["sql"] for q in queries.captured_queries) == 1
+
+
+# -- daphne_write: a body chunk written straight to Daphne's socket ----------------------------
+
+CHUNKS_APPLICATION = "tests.live.chunks_app:application"
+
+
+class ChunksServer:
+    """A Daphne serving ``tests.live.chunks_app``, and what the application reported."""
+
+    def __init__(self, port: int, report: Path, log: Path) -> None:
+        self.port = port
+        self.report = report
+        self.log = log
+
+    def lines(self, name: str) -> list[dict[str, Any]]:
+        if not self.report.exists():
+            return []
+        lines = [json.loads(line) for line in self.report.read_text().splitlines()]
+        return [line for line in lines if line["id"] == name]
+
+    def outcome(self, name: str) -> dict[str, Any]:
+        """The application's report on request ``name``, once it has finished it."""
+        done = wait_until(lambda: [line for line in self.lines(name) if "route" in line], 20)
+        return done[0]
+
+
+@pytest.fixture(scope="module")
+def chunks_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChunksServer]:
+    directory = tmp_path_factory.mktemp("chunks")
+    port = free_port()
+    server = ChunksServer(port, directory / "report.jsonl", directory / "daphne.log")
+    with open(server.log, "wb") as out:
+        process = subprocess.Popen(
+            server_command("daphne", port, CHUNKS_APPLICATION),
+            cwd=ROOT,
+            env=child_env(CHUNKS_REPORT=str(server.report)),
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_listening(process, port, server.log.read_text)
+        yield server
+    finally:
+        stop_process(process)
+    log = server.log.read_text()
+    assert "Traceback" not in log and "Unhandled" not in log, log
+
+
+def request_bytes(query: str) -> bytes:
+    return f"GET /chunks?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+def read_response(sock: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes, bytes]:
+    """One chunked response from ``sock``: its head (without ``Date``), its body as framed on
+    the wire, the body decoded, and what was read past its end."""
+    data = buffered
+
+    def more() -> None:
+        nonlocal data
+        received = sock.recv(65536)
+        assert received, "the connection closed before the end of the body"
+        data += received
+
+    while b"\r\n\r\n" not in data:
+        more()
+    head, _, data = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    decoded = []
+    position = 0
+    while True:
+        while b"\r\n" not in data[position:]:
+            more()
+        line_end = data.index(b"\r\n", position)
+        length = int(data[position:line_end], 16)
+        end = line_end + 2 + length + 2
+        while len(data) < end:
+            more()
+        assert data[end - 2 : end] == b"\r\n"
+        decoded.append(data[line_end + 2 : end - 2])
+        position = end
+        if length == 0:
+            break
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date:")]
+    return b"\r\n".join(lines), data[:position], b"".join(decoded), data[position:]
+
+
+def fetch(
+    server: ChunksServer, name: str, query: str, *, rcvbuf: int | None = None, hold: bool = False
+) -> tuple[bytes, bytes, bytes]:
+    """Ask for ``query`` on a connection of its own; if ``hold``, read nothing until the
+    application has been paused (its client does not keep up). Then, on the same connection, a
+    second request: the first response left the connection as HTTP/1.1 keep-alive needs it."""
+    with socket.socket() as sock:
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(20)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(request_bytes(f"id={name}&{query}"))
+        if hold:
+            wait_until(lambda: any(line.get("paused") for line in server.lines(name)), 20)
+        head, framed, body, rest = read_response(sock)
+        sock.sendall(request_bytes(f"id={name}-next&route=plain&count=2&size=5"))
+        _, _, after, _ = read_response(sock, rest)
+        assert after == chunk_bytes(0, 5) + chunk_bytes(1, 5)
+    return head, framed, body
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("count", "size", "options", "outcome"),
+    [
+        (300, 100, {}, "whole"),
+        # Ten chunks in each turn of the loop: Twisted would join them, the direct route
+        # sends each (the kernel joins them).
+        (300, 100, {"burst": 10}, "whole"),
+        # The kernel takes part of a chunk, Twisted buffers the rest (and pauses the stream).
+        (30, 200_000, {"sndbuf": 4096, "rcvbuf": 4096, "hold": True}, "part"),
+    ],
+    ids=["sent whole", "ten a turn", "sent in part, client not reading"],
+)
+def test_direct_writes_put_the_plain_routes_bytes_on_the_wire(
+    chunks_server: ChunksServer, count: int, size: int, options: dict[str, Any], outcome: str
+) -> None:
+    hold = options.get("hold", False)
+    query = f"count={count}&size={size}&burst={options.get('burst', 1)}"
+    if "sndbuf" in options:
+        query += f"&sndbuf={options['sndbuf']}"
+    responses = {}
+    for route in ("plain", "direct"):
+        name = f"{route}-{count}x{size}-{options.get('burst', 1)}"
+        responses[route] = fetch(
+            chunks_server, name, f"route={route}&{query}", rcvbuf=options.get("rcvbuf"), hold=hold
+        )
+        report = chunks_server.outcome(name)
+        assert report["error"] is None
+        assert report["paused"] is hold
+        assert report["direct"] is (route == "direct")
+        assert report["sent_length"] == count * size
+    # Same head, same framing, same bytes in the same order, the same last chunk.
+    assert responses["direct"] == responses["plain"]
+    _, framed, body = responses["direct"]
+    assert body == b"".join(chunk_bytes(index, size) for index in range(count))
+    assert framed.endswith(b"\r\n0\r\n\r\n")
+    # And the direct route did write: the first chunk goes with the response's head
+    # (Request.write's to send), the others straight to the socket, whole or in part.
+    counts = chunks_server.outcome(name)["outcomes"]
+    assert sum(counts.values()) == count
+    assert 1 <= counts["declined"] < count
+    assert counts.get(outcome, 0) >= 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+@pytest.mark.parametrize("route", ["plain", "direct"])
+def test_a_closed_connection_ends_both_routes_quietly(
+    chunks_server: ChunksServer, route: str, reset: bool
+) -> None:
+    name = f"closed-{route}-{reset}"
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(20)
+        sock.connect(("127.0.0.1", chunks_server.port))
+        sock.sendall(request_bytes(f"id={name}&route={route}&count=200&size=20000"))
+        assert sock.recv(4096)
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    report = chunks_server.outcome(name)
+    assert report["error"] is None
+    assert report["direct"] is (route == "direct")
+    if route == "direct":
+        assert sum(report["outcomes"].values()) == 200
+
+
+def test_only_a_plain_tcp_http11_twisted_request_is_written_directly() -> None:
+    class Other:
+        channel = None
+
+    assert not can_write_directly(Other())
+    assert not can_write_directly(object())
+
+    async def send(message: Any) -> None:
+        pass
+
+    # Servers with no shorter road keep their own send.
+    assert Connection().body_send(send) is send
