@@ -135,13 +135,21 @@ def reauthorize_streams(
     together), their jobs read in one query: for each ``(request, job_id, identity)``, whether
     it may go on, or the exception its own check raised. A database error fails them all."""
     jobs = Job.objects.in_bulk({job_id for _request, job_id, _identity in asks})
-    probes = [_session_probe(identity.session_key) for _request, _job_id, identity in asks]
+    probes: list[HttpRequest | BaseException] = []
+    for _request, _job_id, identity in asks:
+        try:
+            probes.append(_session_probe(identity.session_key))
+        except Exception as exc:  # a session engine's bug fails its own stream only
+            probes.append(exc)
     preload_sessions(getattr(probe, "session", None) for probe in probes)
     outcomes: list[bool | BaseException] = []
     for (request, job_id, _identity), probe in zip(asks, probes, strict=True):
         job = jobs.get(job_id)
         if job is None:
             outcomes.append(False)
+            continue
+        if isinstance(probe, BaseException):
+            outcomes.append(probe)
             continue
         try:
             user, current = _identity_of(probe)

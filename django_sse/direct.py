@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from django_sse.conf import conf
 from django_sse.ending import Guard, StreamClosed
 from django_sse.fastpaths.eager_send import start_send
 from django_sse.inbox import EncodedEvent, Inbox
@@ -85,6 +86,13 @@ class DirectWriter:
             newer = [item for item in items if item.event.seq > self.last_seq]
             if not newer:
                 return  # all sent already (read from the database during the replay)
+            if sum(len(item.chunk) for item in newer) > conf.MAX_BUFFERED_BYTES // 4:
+                # Larger than an inbox may hold: one event at a time, each written only while
+                # the server takes data (the server must never hold more than that for a
+                # client that stopped reading).
+                for item in newer:
+                    self.deliver(item, now)
+                return
             first, last = newer[0].event.seq, newer[-1].event.seq
             if last - first + 1 == len(newer):
                 chunk = b"".join(item.chunk for item in newer)

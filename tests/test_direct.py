@@ -573,6 +573,26 @@ async def test_a_batch_that_may_not_go_whole_goes_to_the_stream_whole(case: str)
 
 
 @pytest.mark.asyncio
+async def test_a_batch_larger_than_an_inbox_goes_one_event_at_a_time() -> None:
+    # One chunk for the whole batch would put all of it in the server's buffer of a client that
+    # may have stopped reading: past an inbox's budget each event waits for the server instead.
+    send = SlowSend()
+    wakeup = Wakeup()
+    writer = make_writer(send, wakeup)
+    writer.active = True
+    send.blocked = True
+    items = encoded(1, 2, 3)
+    with override_settings(DJANGO_SSE={"MAX_BUFFERED_BYTES": 4 * len(chunk(1) + chunk(2))}):
+        writer.deliver_many(items, asyncio.get_running_loop().time())
+    assert writer.last_seq == 1 and in_flight(writer)  # the first one, held by the server
+    assert [item.event.seq for item in writer.inbox.take()] == [2, 3]
+    assert not writer.active and wakeup.is_set()
+    send.release.set()
+    await writer.settle()
+    assert send.bodies == [chunk(1)]
+
+
+@pytest.mark.asyncio
 async def test_a_blocked_write_hands_the_next_event_to_the_stream() -> None:
     send = SlowSend()
     wakeup = Wakeup()

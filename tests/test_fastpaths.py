@@ -677,3 +677,24 @@ def test_only_a_plain_tcp_http11_twisted_request_is_written_directly() -> None:
 
     # Servers with no shorter road keep their own send.
     assert Connection().body_send(send) is send
+
+
+def test_a_row_whose_key_differs_in_case_is_left_to_its_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # MySQL's default collation matches "ABC..." with the row "abc...": the store asked for
+    # "ABC..." must load itself (the plain route), not fail the whole batch.
+    class Rows:
+        def filter(self, **kwargs: Any) -> Rows:
+            return self
+
+        def values_list(self, *fields: str) -> list[tuple[str, str]]:
+            return [("abcdefgh12345678", db_store.SessionStore().encode({"n": 1}))]
+
+    class Model:
+        objects = Rows()
+
+    monkeypatch.setattr(db_store.SessionStore, "get_model_class", classmethod(lambda cls: Model))
+    store = db_store.SessionStore("ABCDEFGH12345678")
+    assert preload_sessions([store]) == 0
+    assert not hasattr(store, "_session_cache")

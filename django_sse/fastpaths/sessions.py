@@ -49,7 +49,9 @@ def preload_sessions(stores: Iterable[object]) -> int:
         for key, data in rows.filter(expire_date__gt=now).values_list(
             "session_key", "session_data"
         ):
-            for store in waiting[key]:
+            # A database whose collation ignores case (MySQL's default) returns a row for a
+            # key that differs only in case: that store loads itself, as on the plain route.
+            for store in waiting.get(key, ()):
                 # What ``_get_session`` would keep after ``load()``.
                 store._session_cache = store.decode(data)  # type: ignore[attr-defined]
                 loaded += 1
